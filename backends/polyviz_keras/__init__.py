@@ -1,0 +1,1 @@
+"""Keras backend for polyviz (placeholder: being written)."""

@@ -1,0 +1,73 @@
+"""polyviz: see what a convolutional network sees, in PyTorch and Keras alike.
+
+Every technique is written once against a small backend protocol (:mod:`polyviz.protocol`) and
+runs unchanged on PyTorch and Keras/TensorFlow models. ``import polyviz`` imports no framework;
+backends load their framework only when a model of theirs is used.
+"""
+
+from __future__ import annotations
+
+from polyviz.errors import (
+    BackendNotFoundError,
+    CapabilityError,
+    InputError,
+    LayerError,
+    ModelError,
+    PolyvizError,
+    TargetError,
+    WeightsNotFoundError,
+)
+from polyviz.preprocess import Preprocess
+from polyviz.protocol import (
+    DECONVNET,
+    GUIDED,
+    Backend,
+    Boxes,
+    Capability,
+    ChannelMean,
+    ClassScore,
+    FeatureGroups,
+    LayerDistance,
+    LayerInfo,
+    LayerNorm,
+    LowResMasks,
+    NativeCallable,
+    Neuron,
+    OutputWeighting,
+    Rule,
+)
+from polyviz.registry import available_backends, backend_for, refresh
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "Backend",
+    "BackendNotFoundError",
+    "Boxes",
+    "Capability",
+    "CapabilityError",
+    "ChannelMean",
+    "ClassScore",
+    "DECONVNET",
+    "FeatureGroups",
+    "GUIDED",
+    "InputError",
+    "LayerDistance",
+    "LayerError",
+    "LayerInfo",
+    "LayerNorm",
+    "LowResMasks",
+    "ModelError",
+    "NativeCallable",
+    "Neuron",
+    "OutputWeighting",
+    "PolyvizError",
+    "Preprocess",
+    "Rule",
+    "TargetError",
+    "WeightsNotFoundError",
+    "available_backends",
+    "backend_for",
+    "refresh",
+]

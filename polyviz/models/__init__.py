@@ -1,0 +1,1 @@
+"""Models: VGG builders for every backend, ImageNet weight loading, conversion between frameworks."""

@@ -1,0 +1,760 @@
+"""The backend protocol: what every framework backend answers, and the plain data it answers about.
+
+Techniques are written once against :class:`Backend`. Everything that crosses this boundary is
+plain data: float32 numpy arrays, channels-last (N, H, W, C); objectives (:class:`ClassScore`,
+:class:`ChannelMean`, ...), backward rules (:class:`Rule`) and masked-input descriptions
+(:class:`LowResMasks`, :class:`FeatureGroups`, :class:`Boxes`). A backend realises them in its
+framework, on its device, without changing the user's model.
+
+The public methods of :class:`Backend` validate their arguments once, for every backend (first
+party or third party), and then call the framework hooks (``_forward``, ``_input_gradient``, ...)
+that a backend implements.
+"""
+
+from __future__ import annotations
+
+import weakref
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
+
+import numpy as np
+
+from polyviz.errors import (
+    CapabilityError,
+    InputError,
+    LayerError,
+    ModelError,
+    TargetError,
+    did_you_mean,
+)
+from polyviz.preprocess import Preprocess
+
+__all__ = [
+    "Capability",
+    "ClassScore",
+    "OutputWeighting",
+    "ChannelMean",
+    "Neuron",
+    "LayerNorm",
+    "LayerDistance",
+    "NativeCallable",
+    "Objective",
+    "Rule",
+    "GUIDED",
+    "DECONVNET",
+    "LowResMasks",
+    "FeatureGroups",
+    "Boxes",
+    "MaskSpec",
+    "LayerInfo",
+    "Gradients",
+    "LayerGradients",
+    "Backend",
+    "OUTPUT",
+    "check_output_objective",
+]
+
+#: Key under which :meth:`Backend.layer_activations` returns the model output when asked for it.
+OUTPUT = "@output"
+
+
+class Capability:
+    """Names of the capabilities a backend may declare in ``Backend.capabilities``."""
+
+    FORWARD = "forward"
+    INPUT_GRADIENT = "input_gradient"
+    LAYER_ACTIVATIONS = "layer_activations"
+    LAYER_GRADIENTS = "layer_gradients"
+    RELU_RULES = "relu_rules"
+    MASKED_SCORES = "masked_scores"
+    CALLABLE_OBJECTIVE = "callable_objective"
+    LAYER_WEIGHTS = "layer_weights"
+    BUILD = "build"  # build a network from a NetworkSpec and export one (conversion)
+    ZOO = "zoo"  # VGG16/VGG19 builders with ImageNet weight loading
+    LRP = "lrp"
+
+    ALL = frozenset(
+        {
+            FORWARD,
+            INPUT_GRADIENT,
+            LAYER_ACTIVATIONS,
+            LAYER_GRADIENTS,
+            RELU_RULES,
+            MASKED_SCORES,
+            CALLABLE_OBJECTIVE,
+            LAYER_WEIGHTS,
+            BUILD,
+            ZOO,
+            LRP,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Objectives: what to differentiate. Each gives one score per sample.
+# --------------------------------------------------------------------------------------------
+
+
+def _per_sample(value: Any, n: int, name: str) -> np.ndarray:
+    """Broadcast an int or a sequence of ints to one int per sample, checking the length."""
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr), dtype=np.int64)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        raise TargetError(
+            f"{name}: expected an int or one int per sample ({n}), got shape {arr.shape}"
+        )
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.equal(np.mod(arr, 1), 0)):
+            raise TargetError(f"{name}: expected integers, got {arr.dtype} values {arr[:4]}")
+    return arr.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class ClassScore:
+    """The model output (pre-softmax logit by default) of class ``target`` for each sample.
+
+    ``target`` is an int for every sample or a sequence with one int per sample.
+    """
+
+    target: int | Sequence[int]
+    layers: ClassVar[tuple[str, ...]] = ()
+
+    def targets(self, n: int) -> np.ndarray:
+        """One int64 class index per sample."""
+        return _per_sample(self.target, n, "target")
+
+
+@dataclass(frozen=True, eq=False)
+class OutputWeighting:
+    """``sum(weights * output)`` per sample: one-hot, multi-label, or a segmentation mask.
+
+    ``weights`` is shaped like one sample's output (broadcast over the batch) or like the whole
+    output batch. For a channels-last segmentation output (N, H, W, K) the weights are channels-last.
+    """
+
+    weights: np.ndarray
+    layers: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True, eq=False)
+class ChannelMean:
+    """Mean over spatial positions of channel ``channel`` of ``layer`` (one int or one per sample).
+
+    For a layer without spatial dimensions (dense) it is the unit's activation.
+    """
+
+    layer: str
+    channel: int | Sequence[int]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+    def channels(self, n: int) -> np.ndarray:
+        return _per_sample(self.channel, n, "channel")
+
+
+@dataclass(frozen=True, eq=False)
+class Neuron:
+    """One activation of ``layer`` at ``index`` (channels-last, without the batch axis)."""
+
+    layer: str
+    index: tuple[int, ...]
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerNorm:
+    """Mean of the squared activations of ``layer`` (deep dream), over ``channels`` if given."""
+
+    layer: str
+    channels: tuple[int, ...] | None = None
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerDistance:
+    """Squared L2 distance ``sum((A - reference)**2)`` per sample (representation inversion).
+
+    ``reference`` is shaped like one sample's activation (broadcast) or like the batch's.
+    """
+
+    layer: str
+    reference: np.ndarray
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return (self.layer,)
+
+
+@dataclass(frozen=True, eq=False)
+class NativeCallable:
+    """Escape hatch for detection and other custom heads: ``fn(output) -> one score per sample``.
+
+    ``fn`` receives the model's output as a framework tensor (torch.Tensor, tf.Tensor) and must
+    return a tensor of shape (N,). Requires the ``callable_objective`` capability.
+    """
+
+    fn: Callable[[Any], Any]
+    layers: ClassVar[tuple[str, ...]] = ()
+
+
+Objective = ClassScore | OutputWeighting | ChannelMean | Neuron | LayerNorm | LayerDistance | NativeCallable
+_OBJECTIVE_TYPES = (ClassScore, OutputWeighting, ChannelMean, Neuron, LayerNorm, LayerDistance, NativeCallable)
+
+
+# --------------------------------------------------------------------------------------------
+# Backward rules
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A modified backward pass, given as data.
+
+    ``relu="guided"``: every ReLU passes back only positive gradient at positive input
+    (Springenberg et al. 2014). ``relu="deconvnet"``: every ReLU passes back only positive
+    gradient, whatever its forward input (Zeiler & Fergus 2013). ``None``: the true gradient.
+    The forward pass is unchanged in every case.
+    """
+
+    relu: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.relu not in (None, "guided", "deconvnet"):
+            raise InputError(f"rule: relu must be None, 'guided' or 'deconvnet', got {self.relu!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        return self.relu is None
+
+
+GUIDED = Rule(relu="guided")
+DECONVNET = Rule(relu="deconvnet")
+
+
+# --------------------------------------------------------------------------------------------
+# Masked inputs: small descriptions the backend expands on its own device
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LowResMasks:
+    """M low-resolution masks (M, h, w), upsampled to the input with :mod:`polyviz.interpolation`.
+
+    ``normalize``: min-max normalise each upsampled mask to [0, 1] (Score-CAM; a constant mask
+    becomes all zeros). ``upsampled_size``: upsample to this (H', W') instead of the input size and
+    crop an input-sized window at ``offsets`` (M, 2) (RISE's random shifts).
+    """
+
+    masks: np.ndarray
+    mode: str = "bilinear"
+    normalize: bool = False
+    upsampled_size: tuple[int, int] | None = None
+    offsets: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.masks).shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class FeatureGroups:
+    """Masks given by feature groups: ``groups`` (H, W) holds a group id in [0, G) per pixel,
+    ``keep`` (M, G) says for each mask how much of each group is kept (1) or replaced (0)."""
+
+    groups: np.ndarray
+    keep: np.ndarray
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.keep).shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Boxes:
+    """M boxes (M, 4) as (y0, x0, y1, x1), end-exclusive; the mask is 0 inside a box, 1 outside."""
+
+    boxes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(np.asarray(self.boxes).shape[0])
+
+
+MaskSpec = LowResMasks | FeatureGroups | Boxes
+
+
+def materialize_masks(spec: MaskSpec, height: int, width: int) -> np.ndarray:
+    """The reference expansion of a mask description to full-size masks (M, H, W), float32.
+
+    Backends build the same masks on their device; this numpy version is the definition they are
+    tested against.
+    """
+    from polyviz import interpolation
+
+    if isinstance(spec, Boxes):
+        boxes = np.asarray(spec.boxes, dtype=np.int64)
+        masks = np.ones((len(boxes), height, width), dtype=np.float32)
+        for i, (y0, x0, y1, x1) in enumerate(boxes):
+            masks[i, max(y0, 0) : y1, max(x0, 0) : x1] = 0.0
+        return masks
+    if isinstance(spec, FeatureGroups):
+        keep = np.asarray(spec.keep, dtype=np.float32)
+        return keep[:, np.asarray(spec.groups, dtype=np.int64)]
+    if isinstance(spec, LowResMasks):
+        size = spec.upsampled_size or (height, width)
+        up = interpolation.resize(np.asarray(spec.masks, dtype=np.float32), size, spec.mode)
+        if spec.offsets is not None:
+            offsets = np.asarray(spec.offsets, dtype=np.int64)
+            up = np.stack([m[oy : oy + height, ox : ox + width] for m, (oy, ox) in zip(up, offsets)])
+        if spec.normalize:
+            lo = up.min(axis=(1, 2), keepdims=True)
+            hi = up.max(axis=(1, 2), keepdims=True)
+            span = hi - lo
+            up = np.where(span > 0, (up - lo) / np.where(span > 0, span, 1.0), 0.0)
+        return up.astype(np.float32)
+    raise InputError(f"masks: expected LowResMasks, FeatureGroups or Boxes, got {type(spec).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer: name, framework type, output shape (channels-last, no batch axis; None when
+    unknown), parameter count and trainable flag."""
+
+    name: str
+    type: str
+    output_shape: tuple[int, ...] | None
+    params: int
+    trainable: bool
+
+    @property
+    def spatial(self) -> bool:
+        """True when the output is a (H, W, C) map, as CAM methods need."""
+        return self.output_shape is not None and len(self.output_shape) == 3
+
+
+class Gradients(NamedTuple):
+    """``values`` (N,) objective per sample; ``gradient`` d(objective)/dx, shaped like x."""
+
+    values: np.ndarray
+    gradient: np.ndarray
+
+
+class LayerGradients(NamedTuple):
+    """``values`` (N,); ``activations`` and ``gradients`` per layer name, channels-last."""
+
+    values: np.ndarray
+    activations: dict[str, np.ndarray]
+    gradients: dict[str, np.ndarray]
+
+
+# --------------------------------------------------------------------------------------------
+# Validation shared by every backend
+# --------------------------------------------------------------------------------------------
+
+
+def check_output_objective(objective: Any, output_shape: Sequence[int]) -> None:
+    """Check an output-based objective against the model's output shape (N, K, ...).
+
+    Backends call this once the output shape is known, before indexing.
+    """
+    if isinstance(objective, ClassScore):
+        if len(output_shape) < 2:
+            raise TargetError(f"target: the model output has shape {tuple(output_shape)}, no class axis")
+        k = int(output_shape[-1])
+        targets = objective.targets(int(output_shape[0]))
+        bad = targets[(targets < 0) | (targets >= k)]
+        if bad.size:
+            raise TargetError(
+                f"target: class index {int(bad[0])} is out of range for a model with {k} outputs "
+                f"(expected 0 <= target < {k})"
+            )
+    elif isinstance(objective, OutputWeighting):
+        w = np.asarray(objective.weights)
+        sample = tuple(output_shape[1:])
+        if w.shape != sample and w.shape != tuple(output_shape):
+            raise TargetError(
+                f"target: output weights of shape {w.shape} do not match the model output "
+                f"{tuple(output_shape)} (expected {sample} or {tuple(output_shape)})"
+            )
+
+
+def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> None:
+    """Check a layer objective's channel / index against that layer's output shape."""
+    if isinstance(objective, ChannelMean):
+        channels = objective.channels(n)
+        c = shape[-1]
+        bad = channels[(channels < 0) | (channels >= c)]
+        if bad.size:
+            raise TargetError(
+                f"channel: {int(bad[0])} is out of range for layer {objective.layer!r} "
+                f"with {c} channels"
+            )
+    elif isinstance(objective, Neuron):
+        index = tuple(objective.index)
+        if len(index) != len(shape) or any(not 0 <= i < s for i, s in zip(index, shape)):
+            raise TargetError(
+                f"neuron: index {index} does not fit layer {objective.layer!r} of shape {shape}"
+            )
+    elif isinstance(objective, LayerNorm) and objective.channels is not None:
+        if any(not 0 <= c < shape[-1] for c in objective.channels):
+            raise TargetError(
+                f"channels: {objective.channels} out of range for layer {objective.layer!r} "
+                f"with {shape[-1]} channels"
+            )
+    elif isinstance(objective, LayerDistance):
+        ref = np.asarray(objective.reference)
+        if ref.shape != shape and ref.shape != (n, *shape):
+            raise InputError(
+                f"reference: shape {ref.shape} does not match layer {objective.layer!r} "
+                f"output {shape}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# The backend base class
+# --------------------------------------------------------------------------------------------
+
+
+class Backend(ABC):
+    """What a framework backend answers. Subclass it, declare ``name`` and ``capabilities``,
+    implement ``claims`` and the ``_`` hooks; register the class under the entry-point group
+    ``polyviz.backends``.
+
+    Every public method takes and returns float32 numpy arrays, channels-last, validated here.
+    Hooks, tapes and sub-models live inside one call; the model is left exactly as it was.
+    """
+
+    #: Registry name ("torch", "keras", ...).
+    name: ClassVar[str] = ""
+    #: Capability names (see :class:`Capability`).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: The framework's native image layout, "NCHW" or "NHWC".
+    native_layout: ClassVar[str] = "NHWC"
+    #: The pip extra that installs this backend's framework (for error messages).
+    extra: ClassVar[str] = ""
+
+    def __init__(self, model: Any, *, preprocess: Preprocess | None = None, **options: Any) -> None:
+        if preprocess is not None and not isinstance(preprocess, Preprocess):
+            raise InputError(
+                f"preprocess: expected a polyviz.Preprocess or None, got {type(preprocess).__name__}"
+            )
+        try:  # weak, so that caches keyed on the model (registry, compiled functions) die with it
+            self._model_ref: Any = weakref.ref(model)
+        except TypeError:
+            self._model_ref = lambda: model
+        self.preprocess = preprocess
+        self.options = options
+        self._layer_info: dict[Any, list[LayerInfo]] = {}
+        #: Shape of the last validated input batch; backends that need a probe forward to learn
+        #: layer output shapes (torch) use it.
+        self.last_input_shape: tuple[int, ...] | None = None
+
+    @property
+    def model(self) -> Any:
+        """The model this backend drives."""
+        model = self._model_ref()
+        if model is None:
+            raise ModelError("model: the model this backend drove has been garbage collected")
+        return model
+
+    # ---- identity -------------------------------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def claims(cls, model: Any) -> bool:
+        """True if this backend drives ``model``. Must not import a framework that is not loaded."""
+
+    @classmethod
+    def framework_version(cls) -> str | None:
+        """Version of the framework this backend drives, or None if it is not installed."""
+        return None
+
+    def require(self, capability: str) -> None:
+        """Raise :class:`CapabilityError` unless this backend declares ``capability``."""
+        if capability not in self.capabilities:
+            raise CapabilityError(
+                f"backend {self.name!r} does not provide the {capability!r} capability "
+                f"(it provides: {', '.join(sorted(self.capabilities))})"
+            )
+
+    # ---- public, validated API -------------------------------------------------------------
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Model output for ``x`` (N, H, W, C): (N, K) scores (pre-softmax where the backend can)."""
+        self.require(Capability.FORWARD)
+        return self._forward(self.check_x(x))
+
+    def input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule | None = None) -> Gradients:
+        """Objective values (N,) and d(objective)/dx (N, H, W, C), without parameter gradients."""
+        self.require(Capability.INPUT_GRADIENT)
+        x = self.check_x(x)
+        self._check_objective(objective, len(x))
+        rule = self._check_rule(rule)
+        return self._input_gradient(x, objective, rule)
+
+    def layer_activations(
+        self, x: np.ndarray, layers: Sequence[str], *, include_output: bool = False
+    ) -> dict[str, np.ndarray]:
+        """Activations of ``layers`` (channels-last); the output too under :data:`OUTPUT` if asked."""
+        self.require(Capability.LAYER_ACTIVATIONS)
+        x = self.check_x(x)
+        layers = self.check_layers(layers)
+        return self._layer_activations(x, layers, include_output)
+
+    def layer_gradients(
+        self, x: np.ndarray, layers: Sequence[str], objective: Objective, rule: Rule | None = None
+    ) -> LayerGradients:
+        """Objective values, activations of ``layers`` and d(objective)/d(activation), with the
+        backward pass stopped at the layers (nothing below them is differentiated)."""
+        self.require(Capability.LAYER_GRADIENTS)
+        x = self.check_x(x)
+        layers = self.check_layers(layers)
+        self._check_objective(objective, len(x))
+        rule = self._check_rule(rule)
+        return self._layer_gradients(x, layers, objective, rule)
+
+    def masked_scores(
+        self,
+        x: np.ndarray,
+        masks: MaskSpec,
+        baseline: float | np.ndarray = 0.0,
+        *,
+        sample_index: np.ndarray | None = None,
+        objective: ClassScore | None = None,
+    ) -> np.ndarray:
+        """Outputs for the masked inputs ``x[s] * m + b * (1 - m)``, built on the backend's device.
+
+        ``masks`` describes M masks; ``sample_index`` (M,) says which sample of ``x`` each mask
+        applies to (all to sample 0 when x holds one image). ``baseline`` is a scalar, one image
+        (H, W, C) or one per sample (N, H, W, C). Returns (M, K) outputs, or (M,) objective
+        values when ``objective`` (a per-mask :class:`ClassScore`) is given.
+        """
+        self.require(Capability.MASKED_SCORES)
+        x = self.check_x(x)
+        if not isinstance(masks, LowResMasks | FeatureGroups | Boxes):
+            raise InputError(
+                f"masks: expected LowResMasks, FeatureGroups or Boxes, got {type(masks).__name__}"
+            )
+        m = len(masks)
+        if sample_index is None:
+            if len(x) != 1:
+                raise InputError(
+                    f"sample_index: required when x holds {len(x)} samples (one index per mask)"
+                )
+            sample_index = np.zeros(m, dtype=np.int64)
+        sample_index = np.asarray(sample_index, dtype=np.int64)
+        if sample_index.shape != (m,) or (m and (sample_index.min() < 0 or sample_index.max() >= len(x))):
+            raise InputError(f"sample_index: expected {m} indices in [0, {len(x)}), got {sample_index}")
+        baseline = self._check_baseline(baseline, x)
+        if objective is not None:
+            if not isinstance(objective, ClassScore):
+                raise InputError("objective: masked_scores takes a ClassScore objective or None")
+            objective.targets(m)
+        return self._masked_scores(x, masks, baseline, sample_index, objective)
+
+    def layers(self) -> list[LayerInfo]:
+        """Every named layer in execution order: name, type, output shape, parameters, trainable."""
+        key = self.last_input_shape[1:] if self.last_input_shape is not None else None
+        if key not in self._layer_info:
+            self._layer_info[key] = self._layers()
+        return list(self._layer_info[key])
+
+    def layer_names(self) -> list[str]:
+        """Names that layer arguments accept."""
+        return [info.name for info in self.layers()]
+
+    def layer_info(self, name: str) -> LayerInfo:
+        """The :class:`LayerInfo` of one layer (clear error for an unknown name)."""
+        self.check_layers([name])
+        return next(info for info in self.layers() if info.name == name)
+
+    def layer_weights(self, name: str) -> dict[str, np.ndarray]:
+        """A layer's weights, canonical layout: conv kernel (kh, kw, in, out), dense (in, out)."""
+        self.require(Capability.LAYER_WEIGHTS)
+        (name,) = self.check_layers([name])
+        return self._layer_weights(name)
+
+    def as_numpy(self, x: Any) -> np.ndarray:
+        """A framework tensor or array-like as a float32 numpy array (same layout)."""
+        return np.asarray(x, dtype=np.float32)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) the model expects, channels-last, where the backend knows it."""
+        return None
+
+    # ---- validation ------------------------------------------------------------------------
+    def check_x(self, x: Any, name: str = "x") -> np.ndarray:
+        """Validate a channels-last batch: rank 4, channel count, finite values; float32 out."""
+        try:
+            arr = np.asarray(x, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name}: expected a numeric array, got {type(x).__name__} ({exc})") from None
+        expected = self.input_shape
+        if arr.ndim != 4:
+            raise InputError(
+                f"{name}: expected a channels-last batch of rank 4 (N, H, W, C), got rank "
+                f"{arr.ndim} with shape {arr.shape}"
+            )
+        if expected is not None:
+            c = expected[-1]
+            if arr.shape[-1] != c:
+                hint = ""
+                if arr.shape[1] == c:
+                    hint = " It looks channels-first (N, C, H, W): convert it or pass layout='NCHW'."
+                raise InputError(
+                    f"{name}: expected channels-last (N, H, W, {c}), got shape {arr.shape}.{hint}"
+                )
+            h, w = expected[0], expected[1]
+            if (h is not None and arr.shape[1] != h) or (w is not None and arr.shape[2] != w):
+                raise InputError(
+                    f"{name}: expected spatial size {h}x{w} for this model, got {arr.shape[1]}x{arr.shape[2]}"
+                )
+        if arr.shape[0] == 0:
+            raise InputError(f"{name}: the batch is empty")
+        if not np.all(np.isfinite(arr)):
+            bad = "NaN" if np.isnan(arr).any() else "infinite"
+            raise InputError(f"{name}: contains {bad} values")
+        self.last_input_shape = tuple(arr.shape)
+        return np.ascontiguousarray(arr)
+
+    def check_layers(self, layers: Sequence[str] | str) -> list[str]:
+        """Validate layer names (a name or a list of names); unknown names get a did-you-mean."""
+        if isinstance(layers, str):
+            layers = [layers]
+        known = self.layer_names()
+        known_set = set(known)
+        out = []
+        for layer in layers:
+            if not isinstance(layer, str):
+                raise LayerError(f"layer: expected a layer name (str), got {type(layer).__name__}")
+            if layer not in known_set:
+                raise LayerError(
+                    f"layer: no layer named {layer!r} in this {self.name} model."
+                    f"{did_you_mean(layer, known)} See polyviz.summary(model) for the names."
+                )
+            out.append(layer)
+        if not out:
+            raise LayerError("layer: expected at least one layer name")
+        return out
+
+    def _check_rule(self, rule: Rule | None) -> Rule:
+        if rule is None:
+            return Rule()
+        if not isinstance(rule, Rule):
+            raise InputError(f"rule: expected a polyviz.protocol.Rule, got {type(rule).__name__}")
+        if not rule.is_identity:
+            self.require(Capability.RELU_RULES)
+        return rule
+
+    def _check_objective(self, objective: Any, n: int) -> None:
+        if not isinstance(objective, _OBJECTIVE_TYPES):
+            raise InputError(
+                f"objective: expected one of {', '.join(t.__name__ for t in _OBJECTIVE_TYPES)}, "
+                f"got {type(objective).__name__}"
+            )
+        if isinstance(objective, NativeCallable):
+            self.require(Capability.CALLABLE_OBJECTIVE)
+            if not callable(objective.fn):
+                raise InputError("objective: NativeCallable.fn must be callable")
+        if isinstance(objective, ClassScore):
+            objective.targets(n)
+        if objective.layers:
+            (layer,) = self.check_layers(objective.layers)
+            shape = self.layer_info(layer).output_shape
+            if shape is not None:
+                _check_layer_objective(objective, tuple(shape), n)
+
+    def _check_baseline(self, baseline: Any, x: np.ndarray) -> np.ndarray:
+        b = np.asarray(baseline, dtype=np.float32)
+        if b.ndim == 0:
+            return b
+        if b.shape == x.shape[1:] or b.shape == x.shape:
+            if not np.all(np.isfinite(b)):
+                raise InputError("baseline: contains NaN or infinite values")
+            return b
+        raise InputError(
+            f"baseline: expected a scalar, one image {x.shape[1:]} or one per sample {x.shape}, "
+            f"got shape {b.shape}"
+        )
+
+    # ---- framework hooks -------------------------------------------------------------------
+    @abstractmethod
+    def _forward(self, x: np.ndarray) -> np.ndarray: ...
+
+    def _input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
+        raise NotImplementedError
+
+    def _layer_activations(
+        self, x: np.ndarray, layers: list[str], include_output: bool
+    ) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _layer_gradients(
+        self, x: np.ndarray, layers: list[str], objective: Objective, rule: Rule
+    ) -> LayerGradients:
+        raise NotImplementedError
+
+    def _masked_scores(
+        self,
+        x: np.ndarray,
+        masks: MaskSpec,
+        baseline: np.ndarray,
+        sample_index: np.ndarray,
+        objective: ClassScore | None,
+    ) -> np.ndarray:
+        """Default: expand the masks in numpy and call :meth:`_forward` (backends override this
+        to build the batch on their device)."""
+        n, h, w, _ = x.shape
+        full = materialize_masks(masks, h, w)[..., None]
+        base = baseline if baseline.ndim < 4 else baseline[sample_index]
+        batch = x[sample_index] * full + base * (1.0 - full)
+        out = self._forward(batch.astype(np.float32))
+        if objective is None:
+            return out
+        return out[np.arange(len(out)), objective.targets(len(out))]
+
+    @abstractmethod
+    def _layers(self) -> list[LayerInfo]:
+        """Every layer in execution order. Backends that must run a probe forward to learn output
+        shapes use ``self.last_input_shape`` (or their own default) for its size."""
+
+    # ---- model building, conversion and safety (optional) ----------------------------------
+    @classmethod
+    def build(cls, spec: Any, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:
+        """Build a model of this framework from a :class:`polyviz.models.spec.NetworkSpec` and
+        canonical weights. Returns the model and a map {spec layer name: native layer name whose
+        output equals that spec layer's output}. Capability ``build``."""
+        raise CapabilityError(f"backend {cls.name!r} does not provide the 'build' capability")
+
+    @classmethod
+    def export(cls, model: Any) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+        """Read a VGG-style model back as (NetworkSpec, canonical weights, {spec layer name:
+        native layer name whose output equals it}). Capability ``build``."""
+        raise CapabilityError(f"backend {cls.name!r} does not provide the 'build' capability")
+
+    @classmethod
+    def vgg(cls, name: str, weights: Any = None) -> Any:
+        """VGG16/VGG19 of this framework, ``weights`` None | "imagenet" | a file path. Capability ``zoo``."""
+        raise CapabilityError(f"backend {cls.name!r} does not provide the 'zoo' capability")
+
+    @classmethod
+    def state_fingerprint(cls, model: Any) -> dict[str, Any]:
+        """Everything a call must leave unchanged (weights, hooks, training flags, requires_grad,
+        layer activations), as a dict of plain values and numpy arrays, for the safety tests."""
+        raise NotImplementedError
+
+    def _layer_weights(self, name: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
