@@ -143,11 +143,15 @@ def vgg_spec(
     classes: int = 1000,
     dropout: float | None = None,
     head: str = "flatten",
+    adaptive_pool: tuple[int, int] | None = None,
+    classifier_activation: str | None = None,
 ) -> NetworkSpec:
     """A VGG-style spec with Keras-application layer names (block1_conv1, ..., fc1, predictions).
 
     Convolutions are 3x3 'same' with a fused ReLU; each block ends in a 2x2 max pool. ``head``
-    is "flatten" (VGG) or "gap" (global average pooling, as CAM needs).
+    is "flatten" (VGG) or "gap" (global average pooling, as CAM needs). ``adaptive_pool`` adds
+    torchvision's ``avgpool`` (identity at 224 px); ``classifier_activation`` "softmax" gives the
+    head Keras ships.
     """
     layers: list[LayerSpec] = []
     for b, widths in enumerate(blocks, start=1):
@@ -161,12 +165,19 @@ def vgg_spec(
                 )
             )
         layers.append(LayerSpec("maxpool2d", f"block{b}_pool", {"pool_size": (2, 2), "strides": (2, 2)}))
-    layers.append(LayerSpec("flatten" if head == "flatten" else "global_avgpool", "flatten" if head == "flatten" else "gap"))
+    if adaptive_pool is not None:
+        layers.append(LayerSpec("adaptive_avgpool2d", "avgpool", {"output_size": tuple(adaptive_pool)}))
+    if head == "flatten":
+        layers.append(LayerSpec("flatten", "flatten"))
+    else:
+        layers.append(LayerSpec("global_avgpool", "gap"))
     for j, units in enumerate(dense, start=1):
         layers.append(LayerSpec("dense", f"fc{j}", {"units": units, "activation": "relu", "use_bias": True}))
         if dropout:
             layers.append(LayerSpec("dropout", f"fc{j}_dropout", {"rate": dropout}))
-    layers.append(LayerSpec("dense", "predictions", {"units": classes, "activation": None, "use_bias": True}))
+    layers.append(
+        LayerSpec("dense", "predictions", {"units": classes, "activation": classifier_activation, "use_bias": True})
+    )
     return NetworkSpec(tuple(input_shape), tuple(layers))
 
 

@@ -1,0 +1,13 @@
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# torchvision pulls in triton (with CUDA builds of torch), whose LLVM clashes with TensorFlow's when
+# loaded after it: load the torch stack first so that both frameworks can live in one process.
+try:  # pragma: no cover - depends on what is installed
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+except ImportError:
+    pass
