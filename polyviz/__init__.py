@@ -7,6 +7,7 @@ backends load their framework only when a model of theirs is used.
 
 from __future__ import annotations
 
+from polyviz.api import explain, methods
 from polyviz.errors import (
     BackendNotFoundError,
     CapabilityError,
@@ -17,6 +18,7 @@ from polyviz.errors import (
     TargetError,
     WeightsNotFoundError,
 )
+from polyviz.explanation import Explanation
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     DECONVNET,
@@ -68,6 +70,19 @@ __all__ = [
     "TargetError",
     "WeightsNotFoundError",
     "available_backends",
+    "explain",
+    "methods",
+    "Explanation",
     "backend_for",
     "refresh",
 ]
+
+
+def __getattr__(name: str):
+    """``polyviz.<method>(model, x, ...)`` for every registered method (``polyviz.gradcam``...)."""
+    from polyviz.api import method_function
+    from polyviz.techniques import load_all
+
+    if not name.startswith("_") and name in load_all():
+        return method_function(name)
+    raise AttributeError(f"module 'polyviz' has no attribute {name!r}")

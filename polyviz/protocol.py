@@ -69,6 +69,7 @@ class Capability:
     LAYER_GRADIENTS = "layer_gradients"
     RELU_RULES = "relu_rules"
     MASKED_SCORES = "masked_scores"
+    LAYER_MASKED_SCORES = "layer_masked_scores"
     CALLABLE_OBJECTIVE = "callable_objective"
     LAYER_WEIGHTS = "layer_weights"
     BUILD = "build"  # build a network from a NetworkSpec and export one (conversion)
@@ -83,6 +84,7 @@ class Capability:
             LAYER_GRADIENTS,
             RELU_RULES,
             MASKED_SCORES,
+            LAYER_MASKED_SCORES,
             CALLABLE_OBJECTIVE,
             LAYER_WEIGHTS,
             BUILD,
@@ -563,6 +565,44 @@ class Backend(ABC):
             objective.targets(m)
         return self._masked_scores(x, masks, baseline, sample_index, objective)
 
+    def layer_masked_scores(
+        self,
+        x: np.ndarray,
+        layer: str,
+        keep: np.ndarray,
+        *,
+        sample_index: np.ndarray | None = None,
+        objective: ClassScore | None = None,
+    ) -> np.ndarray:
+        """Outputs when the activation of ``layer`` for sample ``sample_index[m]`` is multiplied
+        channel-wise by ``keep[m]`` (M, C) and the forward pass continues (Ablation-CAM).
+
+        Returns (M, K) outputs, or (M,) objective values for a per-mask :class:`ClassScore`.
+        """
+        self.require(Capability.LAYER_MASKED_SCORES)
+        x = self.check_x(x)
+        (layer,) = self.check_layers([layer])
+        keep = np.asarray(keep, dtype=np.float32)
+        shape = self.layer_info(layer).output_shape
+        if keep.ndim != 2 or (shape is not None and keep.shape[1] != shape[-1]):
+            raise InputError(
+                f"keep: expected (M, channels) = (M, {shape[-1] if shape else 'C'}) for layer "
+                f"{layer!r}, got shape {keep.shape}"
+            )
+        m = len(keep)
+        if sample_index is None:
+            if len(x) != 1:
+                raise InputError(f"sample_index: required when x holds {len(x)} samples")
+            sample_index = np.zeros(m, dtype=np.int64)
+        sample_index = np.asarray(sample_index, dtype=np.int64)
+        if sample_index.shape != (m,) or (m and (sample_index.min() < 0 or sample_index.max() >= len(x))):
+            raise InputError(f"sample_index: expected {m} indices in [0, {len(x)}), got {sample_index}")
+        if objective is not None:
+            if not isinstance(objective, ClassScore):
+                raise InputError("objective: layer_masked_scores takes a ClassScore objective or None")
+            objective.targets(m)
+        return self._layer_masked_scores(x, layer, keep, sample_index, objective)
+
     def layers(self) -> list[LayerInfo]:
         """Every named layer in execution order: name, type, output shape, parameters, trainable."""
         key = self.last_input_shape[1:] if self.last_input_shape is not None else None
@@ -724,6 +764,16 @@ class Backend(ABC):
         if objective is None:
             return out
         return out[np.arange(len(out)), objective.targets(len(out))]
+
+    def _layer_masked_scores(
+        self,
+        x: np.ndarray,
+        layer: str,
+        keep: np.ndarray,
+        sample_index: np.ndarray,
+        objective: ClassScore | None,
+    ) -> np.ndarray:
+        raise NotImplementedError
 
     @abstractmethod
     def _layers(self) -> list[LayerInfo]:

@@ -48,7 +48,9 @@ class ReferenceNetwork:
         self.names = [layer.name for layer in spec.layers]
 
     # ---- forward ---------------------------------------------------------------------------
-    def forward(self, x: np.ndarray) -> Trace:
+    def forward(self, x: np.ndarray, scale: tuple[str, np.ndarray] | None = None) -> Trace:
+        """Run the network; ``scale=(layer, factors)`` multiplies that layer's output by
+        ``factors`` (broadcast channels-last) before the pass continues (channel ablation)."""
         a = np.asarray(x, np.float64)
         trace = Trace([], [], [])
         for layer in self.spec.layers:
@@ -79,6 +81,8 @@ class ReferenceNetwork:
             elif layer.kind in ("dropout", "adaptive_avgpool2d"):
                 if layer.kind == "adaptive_avgpool2d" and a.shape[1:3] != _pair(cfg["output_size"]):
                     raise InputError("adaptive_avgpool2d: the reference supports the identity case only")
+            if scale is not None and scale[0] == layer.name:
+                a = a * scale[1]
             trace.pre_activations.append(pre)
             trace.outputs.append(a)
         return trace

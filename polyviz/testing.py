@@ -308,6 +308,26 @@ def check_masked_scores(c: Conformance) -> None:
     _unchanged(c, before, "masked_scores")
 
 
+def check_layer_masked_scores(c: Conformance) -> None:
+    """Scores with a layer's channels scaled per mask equal the reference (Ablation-CAM)."""
+    if not c.has(Capability.LAYER_MASKED_SCORES):
+        return
+    rng = np.random.default_rng(6)
+    before = c.fingerprint()
+    for spec_layer, channels in (("relu2", 6), ("conv1", 4)):
+        keep = (rng.random((5, channels)) > 0.3).astype(np.float32)
+        index = np.array([0, 1, 2, 0, 2])
+        got = c.backend.layer_masked_scores(c.x, c.name(spec_layer), keep, sample_index=index)
+        expected = np.stack(
+            [c.reference.forward(c.x[i : i + 1], scale=(spec_layer, k)).outputs[-1][0] for i, k in zip(index, keep)]
+        )
+        assert_close(got, expected, f"layer_masked_scores on {spec_layer}")
+        targets = [0, 1, 2, 3, 4]
+        got = c.backend.layer_masked_scores(c.x, c.name(spec_layer), keep, sample_index=index, objective=ClassScore(targets))
+        assert_close(got, expected[np.arange(5), targets], f"layer_masked_scores objective on {spec_layer}")
+    _unchanged(c, before, "layer_masked_scores")
+
+
 def check_layers_listing(c: Conformance) -> None:
     """layers() lists the mapped layers with the spec's output shapes; weights read back exactly."""
     c.backend.forward(c.x)
@@ -405,6 +425,7 @@ CHECKS: list[Callable[[Conformance], None]] = [
     check_objectives,
     check_native_callable,
     check_masked_scores,
+    check_layer_masked_scores,
     check_layers_listing,
     check_preprocess,
     check_bad_inputs,

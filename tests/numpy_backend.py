@@ -41,7 +41,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     capabilities = frozenset(
         {Capability.FORWARD, Capability.INPUT_GRADIENT, Capability.LAYER_ACTIVATIONS,
-         Capability.LAYER_GRADIENTS, Capability.RELU_RULES, Capability.MASKED_SCORES,
+         Capability.LAYER_GRADIENTS, Capability.RELU_RULES, Capability.MASKED_SCORES, Capability.LAYER_MASKED_SCORES,
          Capability.CALLABLE_OBJECTIVE, Capability.LAYER_WEIGHTS, Capability.BUILD}
     )
 
@@ -133,6 +133,13 @@ class NumpyBackend(Backend):
             grads[name] = net.backward(trace, g, start=idx, upto=i + 1, relu_rule=rule.relu).astype(np.float32)
         acts = {name: trace.outputs[net.index(name)].astype(np.float32) for name in layers}
         return LayerGradients(np.asarray(v, np.float32), acts, grads)
+
+    def _layer_masked_scores(self, x, layer, keep, sample_index, objective):
+        pre = self._pre(x)
+        out = np.stack([self.model.net.forward(pre[i : i + 1], scale=(layer, k)).outputs[-1][0] for i, k in zip(sample_index, keep)])
+        if objective is not None:
+            out = out[np.arange(len(out)), objective.targets(len(out))]
+        return out.astype(np.float32)
 
     def _layers(self):
         spec = self.model.spec

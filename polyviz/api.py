@@ -1,0 +1,160 @@
+"""The public entry point: ``polyviz.explain(model, x, method, ...)`` and one function per method."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from polyviz.errors import InputError, LayerError, TargetError, did_you_mean
+from polyviz.explanation import Explanation
+from polyviz.layout import from_channels_last, to_channels_last
+from polyviz.preprocess import Preprocess
+from polyviz.protocol import Backend, Capability
+from polyviz.registry import backend_for
+from polyviz.techniques import METHODS, Context, MethodInfo, load_all
+
+__all__ = ["explain", "methods", "default_layer", "method_function", "predict"]
+
+#: Layer types that only group other layers; a default layer is never one of them.
+CONTAINER_TYPES = {"Sequential", "ModuleList", "ModuleDict", "Functional", "Model"}
+
+
+def methods() -> dict[str, dict[str, Any]]:
+    """Every method: a one-line description and what it needs (layer, baseline, capabilities)."""
+    load_all()
+    return {
+        name: {
+            "description": info.description,
+            "kind": info.kind,
+            "needs_layer": info.needs_layer,
+            "needs_baseline": info.needs_baseline,
+            "capabilities": list(info.capabilities),
+            "options": info.options,
+            "family": info.family,
+        }
+        for name, info in sorted(METHODS.items())
+    }
+
+
+def _method_info(name: str) -> MethodInfo:
+    load_all()
+    if not isinstance(name, str) or name not in METHODS:
+        raise InputError(f"method: unknown method {name!r}.{did_you_mean(str(name), METHODS)} See polyviz.methods().")
+    return METHODS[name]
+
+
+def default_layer(backend: Backend) -> str:
+    """The last layer with a spatial (H, W, C) map that is not a container: the usual CAM layer."""
+    spatial = [info for info in backend.layers() if info.spatial and info.type not in CONTAINER_TYPES]
+    if not spatial:
+        raise LayerError("layer: this model has no layer with a spatial map; pass layer= explicitly")
+    return spatial[-1].name
+
+
+def predict(backend: Backend, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Model outputs for a channels-last batch, in batches."""
+    size = max(1, int(batch_size or 32))
+    return np.concatenate([backend.forward(x[i : i + size]) for i in range(0, len(x), size)])
+
+
+def _resolve_targets(target: Any, n: int) -> np.ndarray | None:
+    if target is None:
+        return None
+    arr = np.asarray(target)
+    if arr.ndim == 0:
+        arr = np.full(n, arr)
+    if arr.ndim != 1 or len(arr) != n:
+        raise TargetError(f"target: expected an int, one int per sample ({n}) or None, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TargetError(f"target: expected integer class indices, got {arr.dtype}")
+    if (arr < 0).any():
+        raise TargetError(f"target: class indices must be >= 0, got {int(arr.min())}")
+    return arr.astype(np.int64)
+
+
+def explain(
+    model: Any,
+    x: Any,
+    method: str,
+    *,
+    target: int | list[int] | np.ndarray | None = None,
+    layer: str | None = None,
+    backend: str | None = None,
+    preprocess: Preprocess | str | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    layout: str | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain the model's decision on ``x`` with ``method`` (see :func:`methods`).
+
+    ``x``: a numpy array or framework tensor, one image or a batch, in the model's native layout
+    (NCHW for torch, NHWC for Keras) unless ``layout=`` says otherwise. ``target``: int, one int per
+    sample, or None for the predicted class. ``layer``: a layer name, or None for the last layer
+    with a spatial map. Returns raw, signed float32 values in an :class:`Explanation`.
+    """
+    info = _method_info(method)
+    be = backend_for(model, backend, preprocess=preprocess)
+    for capability in info.capabilities:
+        be.require(capability)
+    if layout is None:
+        layout = be.native_layout
+    xs, caller_layout = to_channels_last(be.as_numpy(x), layout)
+    xs = be.check_x(xs)
+    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+        raise InputError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    known = info.options
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise InputError(
+            f"{unknown[0]}: not an option of method {method!r}.{did_you_mean(unknown[0], known)} "
+            f"Its options: {', '.join(known) or 'none'}"
+        )
+    targets = _resolve_targets(target, len(xs))
+    scores = None
+    if targets is None:
+        be.require(Capability.FORWARD)
+        logits = predict(be, xs, batch_size)
+        targets = logits.argmax(axis=-1).astype(np.int64)
+        scores = logits[np.arange(len(xs)), targets]
+    if info.needs_layer:
+        layer = default_layer(be) if layer is None else be.check_layers([layer])[0]
+    elif layer is not None:
+        layer = be.check_layers([layer])[0]
+    ctx = Context(be, xs, targets, layer, batch_size, int(seed), bool(progress))
+    result = info.fn(ctx, **options)
+    attribution = np.asarray(result.attribution, dtype=np.float32)
+    if info.kind == "input":
+        attribution = from_channels_last(attribution, caller_layout)
+    if result.scores is not None:
+        scores = np.asarray(result.scores, np.float32)
+    return Explanation(
+        attribution=attribution,
+        target=targets,
+        method=method,
+        backend=be.name,
+        layer=layer,
+        layer_attribution=None if result.layer_attribution is None else np.asarray(result.layer_attribution, np.float32),
+        scores=scores,
+        options={**info.options, **options, **result.metadata},
+        layout=caller_layout.name,
+        inputs=xs,
+    )
+
+
+def method_function(name: str) -> Callable[..., Explanation]:
+    """``polyviz.<name>(model, x, **kwargs)``: :func:`explain` with the method fixed."""
+
+    def run(model: Any, x: Any, **kwargs: Any) -> Explanation:
+        return explain(model, x, name, **kwargs)
+
+    run.__name__ = name
+    run.__qualname__ = name
+    info = METHODS.get(name)
+    run.__doc__ = f"{info.description if info else name}\n\nSame arguments as polyviz.explain(model, x, {name!r}, ...)."
+    return run
+
+
