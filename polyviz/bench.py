@@ -1,0 +1,193 @@
+"""``polyviz bench``: every method timed against its floor, measured in the same run.
+
+The floor of a method is the cheapest set of backend passes its definition needs:
+
+* ``forward + input backward`` for gradient methods (saliency, guided backprop, ...), times the
+  number of points for path and noise methods (integrated gradients, SmoothGrad);
+* ``forward + backward stopped at the layer`` for gradient CAMs;
+* the raw batched forward passes a perturbation method needs (occlusion windows, Score-CAM masks,
+  Ablation-CAM channels).
+
+The ratio method / floor says how much a method adds on top of the passes it cannot avoid. With
+``--peers``, the same method in the peer libraries that are installed (Captum, pytorch-grad-cam,
+tf-keras-vis: each backend offers its own through ``Backend.peer_benchmarks``) is timed in the
+same run. Timing is wall-clock (``time.perf_counter``), median and min over ``repeat`` runs after
+one warm-up run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polyviz.api import default_layer, explain
+from polyviz.protocol import Backend, Boxes, ClassScore
+from polyviz.registry import backend_for
+
+__all__ = ["BenchRow", "run_bench", "markdown", "DEFAULT_METHODS", "QUICK_METHODS"]
+
+DEFAULT_METHODS = (
+    "saliency", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad",
+    "gradcam", "gradcam_plus_plus", "layercam", "scorecam", "occlusion",
+)
+QUICK_METHODS = ("saliency", "gradcam", "occlusion")
+
+
+@dataclass
+class BenchRow:
+    backend: str
+    method: str
+    median_s: float
+    min_s: float
+    floor: str
+    floor_s: float
+    ratio: float
+    peers: dict[str, float] = field(default_factory=dict)  # peer name -> median seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _time(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
+    fn()  # warm-up: traces compiled functions, fills caches
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def _occlusion_boxes(h: int, w: int, window: int, stride: int) -> Boxes:
+    boxes = [
+        (y, x, y + window, x + window)
+        for y in range(0, max(h - window, 0) + 1, stride)
+        for x in range(0, max(w - window, 0) + 1, stride)
+    ]
+    return Boxes(np.array(boxes))
+
+
+def _floors(backend: Backend, x: np.ndarray, target: np.ndarray, layer: str, batch: int) -> dict[str, Callable[[], Any]]:
+    """The passes methods cannot avoid, as callables."""
+    objective = ClassScore(target.tolist())
+    n_channels = backend.layer_info(layer).output_shape[-1]
+    h, w = x.shape[1:3]
+    window, stride = max(h // 7, 1), max(h // 14, 1)
+    boxes = _occlusion_boxes(h, w, window, stride)
+    occl_batch = np.repeat(x[:1], batch, axis=0)
+
+    def raw_forwards(count: int) -> Callable[[], Any]:
+        def run() -> None:
+            for start in range(0, count, batch):
+                backend.forward(occl_batch[: min(batch, count - start)])
+
+        return run
+
+    def n_input_backward(n: int) -> Callable[[], Any]:
+        xs = np.repeat(x, min(n, batch), axis=0)
+        t = ClassScore(np.repeat(target, min(n, batch)).tolist())
+
+        def run() -> None:
+            for start in range(0, n * len(x), len(xs)):
+                backend.input_gradient(xs[: min(len(xs), n * len(x) - start)], ClassScore(t.target[: min(len(xs), n * len(x) - start)]))
+
+        return run
+
+    return {
+        "forward": lambda: backend.forward(x),
+        "forward+input backward": lambda: backend.input_gradient(x, objective),
+        "forward+layer backward": lambda: backend.layer_gradients(x, [layer], objective),
+        "50 x forward+input backward (batched)": n_input_backward(50),
+        "25 x forward+input backward (batched)": n_input_backward(25),
+        f"{len(boxes) + 1} raw forwards (batched)": raw_forwards(len(boxes) + 1),
+        f"{n_channels + 1} raw forwards (batched)": raw_forwards(n_channels + 1),
+        "_occlusion": lambda: (window, stride),
+    }
+
+
+def _floor_for(method: str, floors: dict[str, Callable[[], Any]]) -> str:
+    if method in ("saliency", "input_x_gradient", "guided_backprop", "deconvnet"):
+        return "forward+input backward"
+    if method == "integrated_gradients":
+        return "50 x forward+input backward (batched)"
+    if method == "smoothgrad":
+        return "25 x forward+input backward (batched)"
+    if method == "occlusion":
+        return next(k for k in floors if k.endswith("raw forwards (batched)"))
+    if method in ("scorecam", "ablationcam"):
+        return [k for k in floors if k.endswith("raw forwards (batched)")][-1]
+    if method in ("eigencam",):
+        return "forward"
+    return "forward+layer backward"
+
+
+def run_bench(
+    model: Any,
+    x: np.ndarray,
+    methods: tuple[str, ...] = DEFAULT_METHODS,
+    *,
+    repeat: int = 3,
+    batch_size: int = 32,
+    peers: bool = False,
+    progress: bool = True,
+    preprocess: Any = None,
+) -> list[BenchRow]:
+    """Time ``methods`` on ``model`` for the channels-last batch ``x``, each against its floor."""
+    backend = backend_for(model, preprocess=preprocess)
+    layout_x = x if backend.native_layout == "NHWC" else np.transpose(x, (0, 3, 1, 2))
+    target = backend.forward(x).argmax(axis=1)
+    layer = default_layer(backend)
+    floors = _floors(backend, x, target, layer, batch_size)
+    window, stride = floors.pop("_occlusion")()
+    floor_times: dict[str, float] = {}
+    peer_fns = backend.peer_benchmarks(model, layout_x, target, layer) if hasattr(backend, "peer_benchmarks") else {}
+    rows = []
+    iterator = methods
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(methods, desc=f"bench {backend.name}", unit="method")
+    for method in iterator:
+        options: dict[str, Any] = {}
+        if method == "occlusion":
+            options = {"window": window, "stride": stride}
+
+        def run(method: str = method, options: dict[str, Any] = options) -> Any:
+            return explain(model, layout_x, method, target=target, layer=layer if method not in ("saliency",) else None,
+                           batch_size=batch_size, progress=False, preprocess=preprocess, **options)
+
+        median, best = _time(run, repeat)
+        floor = _floor_for(method, floors)
+        if floor not in floor_times:
+            floor_times[floor] = _time(floors[floor], repeat)[0]
+        peer_times = {}
+        if peers:
+            for peer_name, fn in peer_fns.get(method, {}).items():
+                peer_times[peer_name] = _time(fn, repeat)[0]
+        rows.append(BenchRow(backend.name, method, median, best, floor, floor_times[floor], median / floor_times[floor], peer_times))
+    return rows
+
+
+def markdown(rows: list[BenchRow]) -> str:
+    """A markdown table: method, time, floor, ratio, and each peer's time and speed-up."""
+    lines = [
+        "| backend | method | median s | min s | floor | floor s | ratio | peers (median s, polyviz speed-up) |",
+        "|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for r in rows:
+        peer_text = "; ".join(f"{name} {t:.3f} s ({t / r.median_s:.1f}x)" for name, t in r.peers.items()) or "-"
+        lines.append(
+            f"| {r.backend} | {r.method} | {r.median_s:.3f} | {r.min_s:.3f} | {r.floor} | {r.floor_s:.3f} | "
+            f"{r.ratio:.2f} | {peer_text} |"
+        )
+    return "\n".join(lines)
+
+
+def to_json(rows: list[BenchRow], meta: dict[str, Any]) -> str:
+    return json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=2)
