@@ -1,0 +1,268 @@
+"""The :class:`KerasBackend` class. Light: Keras and TensorFlow are imported inside its methods."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+import numpy as np
+
+from polyviz.errors import InputError, LayerError, ModelError
+from polyviz.preprocess import Preprocess
+from polyviz.protocol import (
+    OUTPUT,
+    Backend,
+    Capability,
+    ClassScore,
+    Gradients,
+    LayerGradients,
+    LayerInfo,
+    MaskSpec,
+    Objective,
+    Rule,
+    check_output_objective,
+)
+
+#: Masks per forward batch in :meth:`KerasBackend._masked_scores`.
+MASK_BATCH = 32
+
+SUPPORTED = "polyviz drives functional and Sequential Keras 3 models on the TensorFlow backend"
+
+
+class KerasBackend(Backend):
+    """Keras 3 functional and Sequential models on the TensorFlow backend.
+
+    Layer outputs are reached by running the model's own functional graph with a wrapper around
+    each layer (no sub-models, no cloning); gradients come from ``tf.GradientTape`` inside cached
+    ``tf.function`` s. ``logits=True`` scores a model that ends in softmax by its pre-softmax logits.
+    """
+
+    name: ClassVar[str] = "keras"
+    native_layout: ClassVar[str] = "NHWC"
+    extra: ClassVar[str] = "polyviz[keras]"
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {
+            Capability.FORWARD,
+            Capability.INPUT_GRADIENT,
+            Capability.LAYER_ACTIVATIONS,
+            Capability.LAYER_GRADIENTS,
+            Capability.RELU_RULES,
+            Capability.MASKED_SCORES,
+            Capability.LAYER_MASKED_SCORES,
+            Capability.CALLABLE_OBJECTIVE,
+            Capability.LAYER_WEIGHTS,
+            Capability.BUILD,
+            Capability.ZOO,
+        }
+    )
+
+    def __init__(self, model: Any, *, preprocess: Preprocess | None = None, logits: bool = True) -> None:
+        super().__init__(model, preprocess=preprocess, logits=logits)
+        self.logits = bool(logits)
+        import keras
+
+        from polyviz_keras._graph import graph_of
+
+        if keras.backend.backend() != "tensorflow":
+            raise ModelError(
+                f"model: Keras is running on the {keras.backend.backend()!r} backend; {SUPPORTED} "
+                "(set KERAS_BACKEND=tensorflow before importing keras)"
+            )
+        if not isinstance(model, keras.layers.Layer) or graph_of(model) is None:
+            raise ModelError(
+                f"model: a {type(model).__qualname__} has no symbolic graph (subclassed or unbuilt "
+                f"model); {SUPPORTED}. Wrap it in a functional model: keras.Model(inputs, outputs)."
+            )
+        if len(graph_of(model).inputs) != 1:
+            raise ModelError(f"model: polyviz drives models with one image input, this one has {len(graph_of(model).inputs)}")
+
+    # ---- identity ---------------------------------------------------------------------------
+    @classmethod
+    def claims(cls, model: Any) -> bool:
+        keras = sys.modules.get("keras")
+        if keras is None:
+            return False
+        try:
+            return isinstance(model, keras.Model)
+        except Exception:  # a broken or partial keras module
+            return False
+
+    @classmethod
+    def framework_version(cls) -> str | None:
+        try:
+            import keras
+            import tensorflow as tf
+        except ImportError:
+            return None
+        return f"keras {keras.__version__} / tensorflow {tf.__version__}"
+
+    @property
+    def input_shape(self) -> tuple[Any, ...] | None:
+        shape = self.model.input_shape
+        if isinstance(shape, list):
+            shape = shape[0]
+        return tuple(shape[1:])
+
+    @property
+    def output_shape(self) -> tuple[Any, ...]:
+        shape = self.model.output_shape
+        if isinstance(shape, list):
+            shape = shape[0]
+        return tuple(shape)
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _key(self, *parts: Any) -> tuple:
+        return (*parts, self.preprocess, self.logits)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        """Call a compiled function; TensorFlow runtime errors become InputError naming x."""
+        import tensorflow as tf
+
+        try:
+            return fn(*args)
+        except tf.errors.InvalidArgumentError as exc:
+            raise InputError(f"x: the model rejected the input: {exc.message}") from exc
+
+    def _forward_fn(self, x_shape: tuple, record: tuple[str, ...] = ()) -> Any:
+        from polyviz_keras._functions import cached, make_forward
+
+        key = self._key("forward", tuple(x_shape[1:]), record)
+        return cached(self.model, key, lambda: make_forward(self.model, key, x_shape, self.preprocess, self.logits, record))
+
+    def _out_shape(self, n: int) -> tuple[int, ...]:
+        return (n, *self.output_shape[1:])
+
+    # ---- hooks ------------------------------------------------------------------------------
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        out, _ = self._call(self._forward_fn(x.shape), x)
+        return out.numpy()
+
+    def _gradient(self, x: np.ndarray, objective: Objective, rule: Rule, layers: tuple[str, ...]) -> Any:
+        from polyviz_keras._functions import cached, make_gradient, objective_data, objective_static
+
+        n = len(x)
+        check_output_objective(objective, self._out_shape(n))
+        layer_shape = None
+        if getattr(objective, "layers", ()):
+            layer_shape = self.layer_info(objective.layers[0]).output_shape
+        data = objective_data(objective, n, tuple(self.output_shape[1:]), layer_shape)
+        static = objective_static(objective)
+        wrt_layers = bool(layers)
+        key = self._key("gradient", tuple(x.shape[1:]), static, layers, rule.relu,
+                        tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items())))
+        fn = cached(
+            self.model, key,
+            lambda: make_gradient(self.model, key, x.shape, data, static, layers, wrt_layers,
+                                  self.preprocess, self.logits, rule.relu),
+        )
+        return self._call(fn, x, data)
+
+    def _input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
+        values, grad = self._gradient(x, objective, rule, ())
+        return Gradients(values.numpy().astype(np.float32), grad.numpy().astype(np.float32))
+
+    def _layer_gradients(self, x: np.ndarray, layers: list[str], objective: Objective, rule: Rule) -> LayerGradients:
+        names = tuple(dict.fromkeys(layers))
+        values, acts, grads = self._gradient(x, objective, rule, names)
+        return LayerGradients(
+            values.numpy().astype(np.float32),
+            {name: a.numpy() for name, a in zip(names, acts)},
+            {name: g.numpy() for name, g in zip(names, grads)},
+        )
+
+    def _layer_activations(self, x: np.ndarray, layers: list[str], include_output: bool) -> dict[str, np.ndarray]:
+        names = tuple(dict.fromkeys(layers))
+        out, acts = self._call(self._forward_fn(x.shape, names), x)
+        result = {name: a.numpy() for name, a in zip(names, acts)}
+        if include_output:
+            result[OUTPUT] = out.numpy()
+        return result
+
+    def _masked_scores(self, x: np.ndarray, masks: MaskSpec, baseline: np.ndarray, sample_index: np.ndarray,
+                       objective: ClassScore | None) -> np.ndarray:
+        from polyviz_keras._masks import masked_batch
+
+        m = len(masks)
+        if objective is not None:
+            check_output_objective(objective, self._out_shape(m))
+        fn = self._forward_fn(x.shape)
+        outs = []
+        for start in range(0, m, MASK_BATCH):
+            batch = masked_batch(x, masks, baseline, sample_index, start, min(start + MASK_BATCH, m))
+            out, _ = self._call(fn, batch)
+            outs.append(out.numpy())
+        out = np.concatenate(outs) if outs else np.zeros((0, *self.output_shape[1:]), np.float32)
+        if objective is None:
+            return out
+        return out[np.arange(m), objective.targets(m)]
+
+    def _layer_masked_scores(self, x: np.ndarray, layer: str, keep: np.ndarray, sample_index: np.ndarray,
+                             objective: ClassScore | None) -> np.ndarray:
+        from polyviz_keras._functions import cached, make_scaled_forward
+
+        m = len(keep)
+        if objective is not None:
+            check_output_objective(objective, self._out_shape(m))
+        key = self._key("scaled", tuple(x.shape[1:]), layer)
+        fn = cached(self.model, key,
+                    lambda: make_scaled_forward(self.model, key, x.shape, self.preprocess, self.logits, layer))
+        outs = []
+        for start in range(0, m, MASK_BATCH):
+            index = sample_index[start : start + MASK_BATCH]
+            out = self._call(fn, x[index], keep[start : start + MASK_BATCH])
+            outs.append(out.numpy())
+        out = np.concatenate(outs)
+        if objective is None:
+            return out
+        return out[np.arange(m), objective.targets(m)]
+
+    def _layers(self) -> list[LayerInfo]:
+        from polyviz_keras._graph import iter_layers
+
+        infos = []
+        for name, layer in iter_layers(self.model):
+            try:
+                shape = layer.output.shape
+                shape = tuple(None if d is None else int(d) for d in shape[1:])
+            except (AttributeError, ValueError, TypeError):
+                shape = None
+            infos.append(LayerInfo(name, type(layer).__name__, shape, int(layer.count_params()) if layer.built else 0,
+                                   bool(layer.trainable)))
+        return infos
+
+    def _layer_weights(self, name: str) -> dict[str, np.ndarray]:
+        from polyviz_keras._graph import iter_layers
+
+        layer = dict(iter_layers(self.model))[name]
+        out: dict[str, np.ndarray] = {}
+        for var in layer.weights:
+            key = var.path.rsplit("/", 1)[-1] if "/" in var.path else var.name
+            if key in out:
+                raise LayerError(f"layer: {name!r} has two weights named {key!r}")
+            out[key] = np.array(var.numpy())
+        return out
+
+    # ---- building, conversion, zoo, safety -----------------------------------------------------
+    @classmethod
+    def build(cls, spec: Any, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:
+        from polyviz_keras._build import build
+
+        return build(spec, weights)
+
+    @classmethod
+    def export(cls, model: Any) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+        from polyviz_keras._build import export
+
+        return export(model)
+
+    @classmethod
+    def vgg(cls, name: str, weights: Any = None) -> Any:
+        from polyviz_keras._zoo import vgg
+
+        return vgg(name, weights)
+
+    @classmethod
+    def state_fingerprint(cls, model: Any) -> dict[str, Any]:
+        from polyviz_keras._build import state_fingerprint
+
+        return state_fingerprint(model)

@@ -1,0 +1,199 @@
+"""Compiled TensorFlow functions, cached weakly per model and per static request.
+
+Each function is traced once per (model, kind, static objective parts, rule, preprocessing) with an
+``input_signature`` whose batch axis is None, so new targets, weights or batch sizes reuse it. The
+traced Python function reaches the model only through a weak reference.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from polyviz.errors import InputError
+from polyviz.preprocess import Preprocess
+from polyviz.protocol import (
+    ChannelMean,
+    ClassScore,
+    LayerDistance,
+    LayerNorm,
+    NativeCallable,
+    Neuron,
+    OutputWeighting,
+)
+from polyviz_keras._graph import Run, run_model
+
+#: model -> {static key -> tf.function}; entries die with the model.
+_CACHE: weakref.WeakKeyDictionary[Any, dict[Hashable, Callable[..., Any]]] = weakref.WeakKeyDictionary()
+#: Number of Python traces per static key (for tests: repeated calls must not retrace).
+TRACES: dict[Hashable, int] = {}
+
+
+def cached(model: Any, key: Hashable, make: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    """The compiled function for ``key`` on ``model``, made by ``make()`` the first time."""
+    per_model = _CACHE.setdefault(model, {})
+    fn = per_model.get(key)
+    if fn is None:
+        fn = per_model[key] = make()
+    return fn
+
+
+def count_trace(key: Hashable) -> None:
+    TRACES[key] = TRACES.get(key, 0) + 1
+
+
+def preprocess_tf(x: tf.Tensor, pre: Preprocess | None) -> tf.Tensor:
+    """``Preprocess.apply`` in TensorFlow, differentiable."""
+    if pre is None:
+        return x
+    x = x * tf.constant(pre.scale, tf.float32)
+    if pre.channel_order == "BGR":
+        x = tf.reverse(x, axis=[-1])
+    mean, std = pre.arrays(int(x.shape[-1]))
+    return (x - tf.constant(mean)) / tf.constant(std)
+
+
+def forward_through(model_ref: weakref.ref, x: tf.Tensor, run: Run, pre: Preprocess | None) -> tf.Tensor:
+    """Preprocess and run the model; a model error becomes an InputError naming ``x``."""
+    model = model_ref()
+    if model is None:
+        raise InputError("model: the model has been garbage collected")
+    try:
+        return run_model(model, preprocess_tf(x, pre), run)
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+        raise InputError(f"x: the model rejected an input of shape {tuple(x.shape)}: {exc}") from exc
+
+
+# ---- objectives ---------------------------------------------------------------------------------
+
+
+def objective_static(objective: Any) -> Hashable:
+    """The parts of an objective that shape the traced graph (per-call data is excluded)."""
+    if isinstance(objective, Neuron):
+        return ("Neuron", objective.layer, tuple(int(i) for i in objective.index))
+    if isinstance(objective, LayerNorm):
+        channels = None if objective.channels is None else tuple(int(c) for c in objective.channels)
+        return ("LayerNorm", objective.layer, channels)
+    if isinstance(objective, NativeCallable):
+        return ("NativeCallable", objective.fn)
+    if isinstance(objective, ChannelMean | LayerDistance):
+        return (type(objective).__name__, objective.layer)
+    return (type(objective).__name__,)
+
+
+def objective_data(objective: Any, n: int, out_shape: tuple, layer_shape: tuple | None) -> dict[str, np.ndarray]:
+    """The per-call arrays of an objective, with the batch axis first."""
+    if isinstance(objective, ClassScore):
+        return {"targets": objective.targets(n)}
+    if isinstance(objective, OutputWeighting):
+        w = np.asarray(objective.weights, np.float32)
+        return {"weights": np.ascontiguousarray(np.broadcast_to(w, (n, *out_shape)))}
+    if isinstance(objective, ChannelMean):
+        return {"channels": objective.channels(n)}
+    if isinstance(objective, LayerDistance):
+        ref = np.asarray(objective.reference, np.float32)
+        if layer_shape is None or ref.ndim == len(layer_shape):
+            ref = np.broadcast_to(ref, (n, *ref.shape))
+        return {"reference": np.ascontiguousarray(ref)}
+    return {}
+
+
+def data_signature(data: dict[str, np.ndarray]) -> dict[str, tf.TensorSpec]:
+    return {k: tf.TensorSpec((None, *v.shape[1:]), tf.as_dtype(v.dtype)) for k, v in data.items()}
+
+
+def _per_sample_sum(t: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_sum(tf.reshape(t, [tf.shape(t)[0], -1]), axis=1)
+
+
+def evaluate(objective_key: Hashable, out: tf.Tensor, acts: dict[str, tf.Tensor], data: dict[str, tf.Tensor]) -> tf.Tensor:
+    """One value per sample for the objective described by ``objective_key`` and ``data``."""
+    kind = objective_key[0]
+    if kind == "ClassScore":
+        flat = tf.reshape(out, [tf.shape(out)[0], -1])
+        return tf.gather(flat, data["targets"][:, None], batch_dims=1)[:, 0]
+    if kind == "OutputWeighting":
+        return _per_sample_sum(out * data["weights"])
+    if kind == "NativeCallable":
+        return objective_key[1](out)
+    a = acts[objective_key[1]]
+    if kind == "ChannelMean":
+        if a.shape.rank > 2:
+            a = tf.reduce_mean(a, axis=list(range(1, a.shape.rank - 1)))
+        return tf.gather(a, data["channels"][:, None], batch_dims=1)[:, 0]
+    if kind == "Neuron":
+        return a[(slice(None), *objective_key[2])]
+    if kind == "LayerNorm":
+        if objective_key[2] is not None:
+            a = tf.gather(a, list(objective_key[2]), axis=-1)
+        return tf.reduce_mean(tf.reshape(tf.square(a), [tf.shape(a)[0], -1]), axis=1)
+    if kind == "LayerDistance":
+        return _per_sample_sum(tf.square(a - data["reference"]))
+    raise InputError(f"objective: unsupported objective kind {kind}")
+
+
+# ---- the compiled functions ------------------------------------------------------------------------
+
+
+def x_signature(x_shape: tuple) -> tf.TensorSpec:
+    return tf.TensorSpec((None, *x_shape[1:]), tf.float32)
+
+
+def make_forward(model: Any, key: Hashable, x_shape: tuple, pre: Preprocess | None, logits: bool,
+                 record: tuple[str, ...] = ()) -> Callable[..., Any]:
+    """x -> (output, [activations of ``record``])."""
+    ref = weakref.ref(model)
+
+    @tf.function(input_signature=[x_signature(x_shape)])
+    def forward(x: tf.Tensor) -> Any:
+        count_trace(key)
+        run = Run(record=frozenset(record), logits=logits)
+        out = forward_through(ref, x, run, pre)
+        return out, [run.recorded[name] for name in record]
+
+    return forward
+
+
+def make_scaled_forward(model: Any, key: Hashable, x_shape: tuple, pre: Preprocess | None, logits: bool,
+                        layer: str) -> Callable[..., Any]:
+    """(x, keep (N, C)) -> output with ``layer``'s channels scaled by ``keep``."""
+    ref = weakref.ref(model)
+
+    @tf.function(input_signature=[x_signature(x_shape), tf.TensorSpec((None, None), tf.float32)])
+    def forward(x: tf.Tensor, keep: tf.Tensor) -> Any:
+        count_trace(key)
+        run = Run(logits=logits, scale={layer: keep})
+        return forward_through(ref, x, run, pre)
+
+    return forward
+
+
+def make_gradient(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.ndarray], objective_key: Hashable,
+                  layers: tuple[str, ...], wrt_layers: bool, pre: Preprocess | None, logits: bool,
+                  relu_rule: str | None) -> Callable[..., Any]:
+    """(x, data) -> (values, gradient w.r.t. x) or (values, activations, gradients w.r.t. layers)."""
+    ref = weakref.ref(model)
+    objective_layers = tuple(objective_key[1:2]) if objective_key[0] in (
+        "ChannelMean", "Neuron", "LayerNorm", "LayerDistance") else ()
+    record = tuple(dict.fromkeys(layers + objective_layers))
+
+    @tf.function(input_signature=[x_signature(x_shape), data_signature(data)])
+    def gradient(x: tf.Tensor, data: dict[str, tf.Tensor]) -> Any:
+        count_trace(key)
+        run = Run(record=frozenset(record), logits=logits, relu_rule=relu_rule)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(x)
+            out = forward_through(ref, x, run, pre)
+            values = evaluate(objective_key, out, run.recorded, data)
+            total = tf.reduce_sum(values)
+        if wrt_layers:
+            acts = [run.recorded[name] for name in layers]
+            grads = tape.gradient(total, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return values, acts, grads
+        return values, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    return gradient
