@@ -120,6 +120,11 @@ class KerasBackend(Backend):
 
         try:
             return fn(*args)
+        except InputError as exc:
+            original = getattr(exc, "original", None)
+            if original is None:
+                raise
+            raise InputError(str(exc)) from original
         except tf.errors.InvalidArgumentError as exc:
             raise InputError(f"x: the model rejected the input: {exc.message}") from exc
 

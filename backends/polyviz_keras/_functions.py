@@ -7,6 +7,7 @@ traced Python function reaches the model only through a weak reference.
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -65,7 +66,10 @@ def forward_through(model_ref: weakref.ref, x: tf.Tensor, run: Run, pre: Preproc
     try:
         return run_model(model, preprocess_tf(x, pre), run)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
-        raise InputError(f"x: the model rejected an input of shape {tuple(x.shape)}: {exc}") from exc
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        error = InputError(f"x: the model rejected an input of shape {tuple(x.shape)}: {message}")
+        error.original = exc  # tf.function drops __cause__; KerasBackend re-chains it
+        raise error from exc
 
 
 # ---- objectives ---------------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def make_forward(model: Any, key: Hashable, x_shape: tuple, pre: Preprocess | No
     """x -> (output, [activations of ``record``])."""
     ref = weakref.ref(model)
 
-    @tf.function(input_signature=[x_signature(x_shape)])
+    @tf.function(input_signature=[x_signature(x_shape)], autograph=False)
     def forward(x: tf.Tensor) -> Any:
         count_trace(key)
         run = Run(record=frozenset(record), logits=logits)
@@ -163,7 +167,7 @@ def make_scaled_forward(model: Any, key: Hashable, x_shape: tuple, pre: Preproce
     """(x, keep (N, C)) -> output with ``layer``'s channels scaled by ``keep``."""
     ref = weakref.ref(model)
 
-    @tf.function(input_signature=[x_signature(x_shape), tf.TensorSpec((None, None), tf.float32)])
+    @tf.function(input_signature=[x_signature(x_shape), tf.TensorSpec((None, None), tf.float32)], autograph=False)
     def forward(x: tf.Tensor, keep: tf.Tensor) -> Any:
         count_trace(key)
         run = Run(logits=logits, scale={layer: keep})
@@ -181,7 +185,7 @@ def make_gradient(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.
         "ChannelMean", "Neuron", "LayerNorm", "LayerDistance") else ()
     record = tuple(dict.fromkeys(layers + objective_layers))
 
-    @tf.function(input_signature=[x_signature(x_shape), data_signature(data)])
+    @tf.function(input_signature=[x_signature(x_shape), data_signature(data)], autograph=False)
     def gradient(x: tf.Tensor, data: dict[str, tf.Tensor]) -> Any:
         count_trace(key)
         run = Run(record=frozenset(record), logits=logits, relu_rule=relu_rule)
