@@ -188,6 +188,19 @@ def test_logits_of_softmax_models(final):
     fp_equal(before, KerasBackend.state_fingerprint(model))
 
 
+def test_logits_through_a_nested_softmax_model():
+    keras.utils.set_random_seed(7)
+    inner = keras.Sequential([keras.Input((4, 4, 2)), keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax", name="cls")])
+    inp = keras.Input((4, 4, 2))
+    model = keras.Model(inp, inner(inp))
+    x = RNG.normal(size=(2, 4, 4, 2)).astype(np.float32)
+    kernel, bias = inner.get_layer("cls").get_weights()
+    backend = KerasBackend(model)
+    assert "sequential/cls" in backend.layer_names() or any(n.endswith("/cls") for n in backend.layer_names())
+    close(backend.forward(x), x.reshape(2, -1) @ kernel + bias)
+    close(KerasBackend(model, logits=False).forward(x), model(x).numpy())
+
+
 def test_layer_objectives_match_gradient_tape(cnn, x8):
     backend = KerasBackend(cnn)
     sub = keras.Model(cnn.input, [cnn.get_layer("relu2").output, cnn.get_layer("fc1").output])

@@ -81,6 +81,8 @@ def final_softmax(model: Any) -> Any | None:
     layer = history[0] if history else None
     if layer is None:
         return None
+    if is_nested(layer):  # a wrapper whose output is a nested model's output
+        return final_softmax(layer)
     if isinstance(layer, keras.layers.Softmax):
         return layer
     if isinstance(layer, keras.layers.Activation) and activation_name(layer) == "softmax":
