@@ -140,7 +140,7 @@ class KerasBackend(Backend):
     # ---- hooks ------------------------------------------------------------------------------
     def _forward(self, x: np.ndarray) -> np.ndarray:
         out, _ = self._call(self._forward_fn(x.shape), x)
-        return out.numpy()
+        return out.numpy().astype(np.float32, copy=False)
 
     def _gradient(self, x: np.ndarray, objective: Objective, rule: Rule, layers: tuple[str, ...]) -> Any:
         from polyviz_keras._functions import cached, make_gradient, objective_data, objective_static
@@ -178,9 +178,9 @@ class KerasBackend(Backend):
     def _layer_activations(self, x: np.ndarray, layers: list[str], include_output: bool) -> dict[str, np.ndarray]:
         names = tuple(dict.fromkeys(layers))
         out, acts = self._call(self._forward_fn(x.shape, names), x)
-        result = {name: a.numpy() for name, a in zip(names, acts)}
+        result = {name: a.numpy().astype(np.float32, copy=False) for name, a in zip(names, acts)}
         if include_output:
-            result[OUTPUT] = out.numpy()
+            result[OUTPUT] = out.numpy().astype(np.float32, copy=False)
         return result
 
     def _masked_scores(self, x: np.ndarray, masks: MaskSpec, baseline: np.ndarray, sample_index: np.ndarray,

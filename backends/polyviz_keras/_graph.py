@@ -114,11 +114,13 @@ def relu_with_rule(rule: str) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def pre_activation(layer: Any, inputs: tf.Tensor) -> tf.Tensor:
     """The output of a Dense or Conv layer before its activation, computed from its weights."""
-    if isinstance(layer, keras.layers.Dense) and not getattr(layer, "lora_enabled", False):
+    plain = getattr(layer, "quantization_mode", None) is None and not getattr(layer, "lora_enabled", False)
+    if plain and isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call:
         out = tf.tensordot(inputs, layer.kernel, axes=[[inputs.shape.rank - 1], [0]])
         out.set_shape(inputs.shape[:-1].concatenate([layer.kernel.shape[-1]]))
     elif (
-        hasattr(layer, "convolution_op")
+        plain
+        and hasattr(layer, "convolution_op")
         and getattr(layer, "rank", None) == 2
         and getattr(layer, "data_format", "channels_last") == "channels_last"
         and type(layer).call is keras.layers.Conv2D.call
