@@ -4,10 +4,11 @@ pytorch-grad-cam, tf-keras-vis, and each other across frameworks. Never against 
 
 import numpy as np
 import pytest
+from numpy_backend import NumpyBackend
 
 import polyviz
+import polyviz.models
 from backends import ALL, both_frameworks
-from numpy_backend import NumpyBackend
 from polyviz import registry
 from polyviz.errors import LayerError
 from polyviz.interpolation import resize

@@ -368,7 +368,8 @@ def scorecam(ctx: Context, *, score: str = "softmax", upsample: str = "bilinear"
 def ablationcam(ctx: Context, *, upsample: str = "bilinear") -> Result:
     """Ablation-CAM: ReLU(sum_c w_c A_c), w_c = (S - S_c) / S, S_c the target logit with channel c
     of the layer set to 0 (pytorch-grad-cam's formula; it too zeroes the channel when the layer's
-    minimum is 0). A channel that is already all zero is not run: its S_c is S. Where S is exactly 0
+    minimum is 0, and for a layer with negative values uses a very negative value instead, where
+    polyviz keeps the paper's zero). A channel that is already all zero is not run: its S_c is S. Where S is exactly 0
     the relative drop is undefined and the absolute drop S - S_c is used. Ablations are batched
     ``batch_size`` (32) at a time, across samples.
     """
