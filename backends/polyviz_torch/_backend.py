@@ -1,0 +1,210 @@
+"""The :class:`TorchBackend` class. Light: torch is imported inside its methods, never at import."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+import numpy as np
+
+from polyviz.errors import InputError
+from polyviz.preprocess import Preprocess
+from polyviz.protocol import (
+    Backend,
+    Capability,
+    ClassScore,
+    Gradients,
+    LayerGradients,
+    LayerInfo,
+    MaskSpec,
+    Objective,
+    Rule,
+)
+
+#: Masked inputs per forward batch in :meth:`TorchBackend._masked_scores`.
+MASK_BATCH = 64
+
+
+class TorchBackend(Backend):
+    """``torch.nn.Module`` models, on whatever device their parameters live (CPU, CUDA).
+
+    Layers are named by module path (``features.29``, ``layer4.2.conv3``). Activations are read
+    with forward hooks registered for one call only; gradients come from ``torch.autograd.grad``
+    with respect to the input (or to the hooked layer outputs), never to the parameters. ReLU
+    rules (guided backprop, deconvnet) are applied by a ``TorchFunctionMode`` active during the call,
+    so they reach ``nn.ReLU`` modules and functional ReLUs alike without touching the model.
+    """
+
+    name: ClassVar[str] = "torch"
+    native_layout: ClassVar[str] = "NCHW"
+    extra: ClassVar[str] = "polyviz[torch]"
+    capabilities: ClassVar[frozenset[str]] = frozenset(
+        {
+            Capability.FORWARD,
+            Capability.INPUT_GRADIENT,
+            Capability.LAYER_ACTIVATIONS,
+            Capability.LAYER_GRADIENTS,
+            Capability.RELU_RULES,
+            Capability.MASKED_SCORES,
+            Capability.LAYER_MASKED_SCORES,
+            Capability.CALLABLE_OBJECTIVE,
+            Capability.LAYER_WEIGHTS,
+            Capability.BUILD,
+            Capability.ZOO,
+        }
+    )
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        preprocess: Preprocess | None = None,
+        input_shape: tuple[int, int, int] | None = None,
+    ) -> None:
+        if input_shape is not None:
+            try:
+                input_shape = tuple(int(d) for d in input_shape)  # type: ignore[assignment]
+            except (TypeError, ValueError):
+                raise InputError(f"input_shape: expected (H, W, C) ints, got {input_shape!r}") from None
+            if len(input_shape) != 3 or min(input_shape) < 1:
+                raise InputError(f"input_shape: expected (H, W, C) positive ints, got {input_shape!r}")
+        super().__init__(model, preprocess=preprocess, input_shape=input_shape)
+        self._input_shape_option: tuple[int, int, int] | None = input_shape
+        #: Probe results (see :mod:`polyviz_torch._probe`) per input size.
+        self._probes: dict[Any, Any] = {}
+        self._channels: int | None = None
+
+    # ---- identity ---------------------------------------------------------------------------
+    @classmethod
+    def claims(cls, model: Any) -> bool:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return False
+        try:
+            return isinstance(model, torch.nn.Module)
+        except Exception:  # a broken or partial torch module
+            return False
+
+    @classmethod
+    def framework_version(cls) -> str | None:
+        try:
+            import torch
+        except ImportError:
+            return None
+        return str(torch.__version__)
+
+    @property
+    def input_shape(self) -> tuple[Any, ...] | None:
+        """(None, None, C): C from the ``input_shape`` option or the first ``Conv2d``'s in_channels."""
+        if self._input_shape_option is not None:
+            return (None, None, self._input_shape_option[2])
+        if self._channels is None:
+            from polyviz_torch._impl import first_conv_channels
+
+            self._channels = first_conv_channels(self.model)
+        if self._channels is None:
+            return None
+        return (None, None, self._channels)
+
+    def as_numpy(self, x: Any) -> np.ndarray:
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(x, torch.Tensor):
+            return x.detach().float().cpu().numpy()
+        return np.asarray(x, dtype=np.float32)
+
+    # ---- helpers ----------------------------------------------------------------------------
+    def _runner(self) -> Any:
+        from polyviz_torch._impl import Runner
+
+        return Runner(self.model, self.preprocess, self._probe())
+
+    def _probe(self) -> Any:
+        """Execution order, output shapes and call counts of every module for the current size."""
+        from polyviz_torch._probe import probe
+
+        key = self.last_input_shape[1:] if self.last_input_shape is not None else None
+        if key not in self._probes:
+            if key is not None:
+                size = tuple(int(d) for d in key)
+            elif self._input_shape_option is not None:
+                size = self._input_shape_option
+            else:
+                size = (224, 224, self.input_shape[-1] if self.input_shape else 3)
+            self._probes[key] = probe(self.model, size)
+        return self._probes[key]
+
+    # ---- framework hooks --------------------------------------------------------------------
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        return self._runner().forward(x)
+
+    def _input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
+        return self._runner().input_gradient(x, objective, rule)
+
+    def _layer_activations(self, x: np.ndarray, layers: list[str], include_output: bool) -> dict[str, np.ndarray]:
+        return self._runner().layer_activations(x, layers, include_output)
+
+    def _layer_gradients(self, x: np.ndarray, layers: list[str], objective: Objective, rule: Rule) -> LayerGradients:
+        return self._runner().layer_gradients(x, layers, objective, rule)
+
+    def _masked_scores(
+        self,
+        x: np.ndarray,
+        masks: MaskSpec,
+        baseline: np.ndarray,
+        sample_index: np.ndarray,
+        objective: ClassScore | None,
+    ) -> np.ndarray:
+        return self._runner().masked_scores(x, masks, baseline, sample_index, objective, MASK_BATCH)
+
+    def _layer_masked_scores(
+        self,
+        x: np.ndarray,
+        layer: str,
+        keep: np.ndarray,
+        sample_index: np.ndarray,
+        objective: ClassScore | None,
+    ) -> np.ndarray:
+        return self._runner().layer_masked_scores(x, layer, keep, sample_index, objective, MASK_BATCH)
+
+    def _layers(self) -> list[LayerInfo]:
+        return list(self._probe().infos)
+
+    def _layer_weights(self, name: str) -> dict[str, np.ndarray]:
+        from polyviz_torch._impl import layer_weights
+
+        return layer_weights(self.model, name, self._probe())
+
+    # ---- building, conversion, zoo, safety -----------------------------------------------------
+    @classmethod
+    def build(cls, spec: Any, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:
+        """A torchvision-VGG-structured ``nn.Module`` (``features``, ``avgpool``, ``classifier``).
+
+        A dense layer with ``activation="softmax"`` becomes a plain ``Linear``: torch models return
+        logits by convention, and polyviz scores pre-softmax logits anyway.
+        """
+        from polyviz_torch._build import build
+
+        return build(spec, weights)
+
+    @classmethod
+    def export(
+        cls, model: Any, *, input_shape: tuple[int, int, int] | None = None
+    ) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+        """Read a VGG-style module (Conv2d/ReLU/pools/Flatten/Linear/Dropout in execution order)
+        as (NetworkSpec, canonical weights, {spec name: module path}). ``input_shape`` (H, W, C)
+        sets the probe's size (default: 224 px, or what the first Linear implies)."""
+        from polyviz_torch._build import export
+
+        return export(model, input_shape)
+
+    @classmethod
+    def vgg(cls, name: str, weights: Any = None) -> Any:
+        from polyviz_torch._zoo import vgg
+
+        return vgg(name, weights)
+
+    @classmethod
+    def state_fingerprint(cls, model: Any) -> dict[str, Any]:
+        from polyviz_torch._state import state_fingerprint
+
+        return state_fingerprint(model)

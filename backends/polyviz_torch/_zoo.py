@@ -1,0 +1,111 @@
+"""VGG16/VGG19 (Simonyan & Zisserman 2014) from torchvision, with ImageNet weights from a file.
+
+``weights="imagenet"`` reads torchvision's checkpoint from the torch hub cache
+(``torch.hub.get_dir()/checkpoints/vgg16-397923af.pth``); when it is absent, one short download is
+tried, and otherwise :class:`polyviz.errors.WeightsNotFoundError` says which file to put where.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import urllib.request
+from typing import Any
+
+import torch
+from torch import nn
+
+from polyviz.errors import InputError, ModelError, WeightsNotFoundError
+
+__all__ = ["vgg", "checkpoint_url", "load_state_dict"]
+
+#: Seconds before a weights download attempt gives up.
+DOWNLOAD_TIMEOUT = 5.0
+
+_NAMES = ("vgg16", "vgg19")
+
+
+def checkpoint_url(name: str) -> str:
+    """torchvision's IMAGENET1K_V1 checkpoint URL for ``name``."""
+    import torchvision.models as tvm
+
+    enum = {"vgg16": tvm.VGG16_Weights, "vgg19": tvm.VGG19_Weights}[name]
+    return str(enum.IMAGENET1K_V1.url)
+
+
+def _download(url: str, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:  # noqa: S310 - fixed https URL
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(response, out)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _imagenet_file(name: str) -> str:
+    url = checkpoint_url(name)
+    directory = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(directory, os.path.basename(url))
+    if os.path.exists(path):
+        return path
+    try:
+        _download(url, path)
+    except Exception as exc:
+        raise WeightsNotFoundError(
+            f"weights: the ImageNet weights of {name} ({os.path.basename(url)}) are not in {directory} "
+            f"and could not be downloaded ({type(exc).__name__}: {exc}). Download {url} and put it in "
+            f"{directory} (or set TORCH_HOME), or pass weights=<path to a state dict>."
+        ) from exc
+    return path
+
+
+def load_state_dict(model: nn.Module, path: str) -> None:
+    """Load a state-dict file into ``model``; mismatched keys or shapes give a ModelError."""
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(f"weights: no file at {path!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"weights: {path!r} is not a readable torch state dict ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelError(f"weights: {path!r} holds a {type(state).__name__}, not a state dict")
+    own = model.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [
+        f"{k}: shape {tuple(state[k].shape)} != {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if problems:
+        raise ModelError(
+            f"weights: {path!r} does not fit {type(model).__name__} ({len(problems)} differences): "
+            + "; ".join(problems[:5])
+        )
+    model.load_state_dict(state)
+
+
+def vgg(name: str, weights: Any = None) -> nn.Module:
+    """torchvision ``vgg16``/``vgg19`` in eval mode; ``weights`` None (torchvision's init),
+    "imagenet" (hub checkpoint) or a path to a state-dict file."""
+    import torchvision.models as tvm
+
+    if name not in _NAMES:
+        raise InputError(f"name: expected one of {_NAMES}, got {name!r}")
+    model = getattr(tvm, name)(weights=None)
+    if weights is None:
+        pass
+    elif isinstance(weights, str) and weights == "imagenet":
+        load_state_dict(model, _imagenet_file(name))
+    elif isinstance(weights, str | os.PathLike):
+        load_state_dict(model, os.fspath(weights))
+    else:
+        raise InputError(f"weights: expected None, 'imagenet' or a file path, got {type(weights).__name__}")
+    return model.eval()
