@@ -39,7 +39,7 @@ def test_torchvision_vgg16_to_keras_and_back(images):
     reference = logits(tv, images)
     with torch.no_grad():  # the reference computed by torch itself, without polyviz
         direct = tv(torch.tensor(images).permute(0, 3, 1, 2)).numpy()
-    assert rel(reference, direct) < 1e-6
+    assert rel(reference, direct) < 1e-5  # float32 round-off between batch layouts
     assert rel(logits(to_keras.model, images), reference) < 1e-4
     assert rel(logits(back.model, images), reference) < 1e-4
     # the mapped layers hold the same activations in both frameworks

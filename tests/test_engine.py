@@ -7,6 +7,7 @@ import weakref
 
 import numpy as np
 import pytest
+from numpy_backend import NumpyBackend, NumpyModel
 
 import polyviz
 from polyviz import registry
@@ -14,8 +15,6 @@ from polyviz.errors import BackendNotFoundError, InputError, did_you_mean
 from polyviz.interpolation import resize, resize_matrix
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, LayerInfo
-
-from numpy_backend import NumpyBackend, NumpyModel
 
 
 def test_import_polyviz_imports_no_framework():
