@@ -125,7 +125,7 @@ def probe(model: nn.Module, size: tuple[int, int, int]) -> Probe:
     fused: dict[str, str] = {}
     previous: tuple | None = None
     previous_leaf: tuple[str, nn.Module] | None = None
-    for name, module, ins, outs, _ in records:
+    for name, module, _ins, outs, _ in records:
         if next(module.children(), None) is not None:
             continue  # containers: only leaves carry the data flow
         if isinstance(module, nn.ReLU) and previous_leaf is not None:

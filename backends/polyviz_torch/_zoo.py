@@ -35,8 +35,8 @@ def checkpoint_url(name: str) -> str:
 
 
 def _download(url: str, path: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:  # noqa: S310 - fixed https URL
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
         try:
             with os.fdopen(fd, "wb") as out:
