@@ -246,7 +246,7 @@ def test_bad_options(bk):
         explain(model, x, "gradcam", target=0, upsample="bicubic")
     with pytest.raises(polyviz.errors.InputError, match="score"):
         explain(model, x, "scorecam", target=0, score="prob")
-    with pytest.raises(LayerError, match="fc_layer 'fc1'"):  # not a GAP + dense network
+    with pytest.raises(LayerError, match=f"fc_layer '{names['fc1']}'"):  # not a GAP + dense network
         explain(model, x, "cam", target=0, layer=names["relu2"], fc_layer=names["fc1"])
 
 
@@ -319,11 +319,16 @@ def _pgc_run(cls, model, layer_module, xt, targets, **kw):
         ("ablationcam", "AblationCAM", {}),
     ],
 )
-def test_pytorch_grad_cam(ours, theirs, options):
+def test_pytorch_grad_cam(ours, theirs, options, monkeypatch):
     pgc = pytest.importorskip("pytorch_grad_cam")
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    if ours == "eigencam":  # its sign-corrected projection: LAPACK's sign alone is arbitrary
+        from pytorch_grad_cam import eigen_cam
+        from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+        monkeypatch.setattr(eigen_cam, "get_2d_projection", get_2d_projection_with_sign_correction)
     model, names = torch_small()
     layer = names["block3_conv2"]
     for seed, target in [(0, 3), (1, 8)]:
@@ -365,13 +370,18 @@ def test_pytorch_grad_cam_scorecam(monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("ours, theirs", [("gradcam", "GradCAM"), ("gradcam_plus_plus", "GradCAMPlusPlus"),
                                           ("layercam", "LayerCAM"), ("eigencam", "EigenCAM")])
-def test_pytorch_grad_cam_seeded_vgg16(ours, theirs):
+def test_pytorch_grad_cam_seeded_vgg16(ours, theirs, monkeypatch):
     pgc = pytest.importorskip("pytorch_grad_cam")
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if not have("torch"):
         pytest.skip("the torch backend is not available")
+    if ours == "eigencam":
+        from pytorch_grad_cam import eigen_cam
+        from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
+
+        monkeypatch.setattr(eigen_cam, "get_2d_projection", get_2d_projection_with_sign_correction)
     model = polyviz.models.vgg16(backend="torch", seed=0).eval()
     x = images(1, (224, 224, 3), seed=0)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
@@ -449,15 +459,21 @@ def test_same_maps_in_torch_and_keras(method):
         pytest.skip("needs both backends")
     from polyviz.models import convert
 
-    head = "gap" if method == "cam" else "flatten"
-    tmodel, names = torch_small(head=head)
-    conv = convert(tmodel, to="keras")
-    tlayer = names["block3_conv2"]
-    klayer = conv.layer_map[tlayer]
+    if method == "cam":  # torch builds global pooling as AdaptiveAvgPool2d(1): build both from one spec
+        spec = vgg_spec([[8], [16], [16, 16]], input_shape=(32, 32, 3), dense=(), classes=10, head="gap")
+        tmodel, names = build("torch", spec)
+        kmodel, knames = build("keras", spec)
+        tlayer, klayer = names["block3_conv2"], knames["block3_conv2"]
+    else:
+        tmodel, names = torch_small()
+        conv = convert(tmodel, to="keras")
+        kmodel = conv.model
+        tlayer = names["block3_conv2"]
+        klayer = conv.layer_map[tlayer]
     x = images(2, (32, 32, 3), seed=7)
     t = [1, 5]
     a = explain(tmodel, x, method, target=t, layer=tlayer)
-    b = explain(conv.model, x, method, target=t, layer=klayer)
+    b = explain(kmodel, x, method, target=t, layer=klayer)
     assert a.backend == "torch" and b.backend == "keras"
     assert np.abs(a.layer_attribution).max() > 0
     assert rel(b.layer_attribution, a.layer_attribution) <= 1e-3

@@ -399,16 +399,21 @@ def eigencam_map(acts: np.ndarray) -> np.ndarray:
     """Projection of each position's channel vector on the first principal component.
 
     As pytorch-grad-cam's ``get_2d_projection``: the (h*w, C) matrix is centred by its mean over
-    positions, decomposed with ``numpy.linalg.svd`` (float32, full matrices) and projected on the
-    first right singular vector ``VT[0]``. The sign of a singular vector is arbitrary; polyviz
-    keeps LAPACK's, like pytorch-grad-cam, so both give the same map.
+    positions, decomposed by SVD and projected on the first right singular vector ``VT[0]``. The
+    sign of a singular vector is arbitrary (LAPACK's flips under round-off, e.g. between a batch and
+    a single image), so polyviz fixes it as Seg-Eigen-CAM (Chung & Ying 2025, eq. 13) and
+    pytorch-grad-cam's ``get_2d_projection_with_sign_correction`` do: the map is negated when
+    ``|min| > |max|``, so that its largest-magnitude values are positive.
     """
     out = np.empty(acts.shape[:3], dtype=np.float32)
-    for i, a in enumerate(np.asarray(acts, np.float32)):
+    for i, a in enumerate(np.asarray(acts, np.float64)):
         flat = a.reshape(-1, a.shape[-1])
         flat = flat - flat.mean(axis=0)
-        _, _, vt = np.linalg.svd(flat, full_matrices=True)
-        out[i] = (flat @ vt[0]).reshape(a.shape[:2])
+        _, _, vt = np.linalg.svd(flat, full_matrices=False)
+        proj = flat @ vt[0]
+        if abs(proj.min()) > abs(proj.max()):
+            proj = -proj
+        out[i] = proj.reshape(a.shape[:2])
     return out
 
 
@@ -418,7 +423,8 @@ def eigencam_map(acts: np.ndarray) -> np.ndarray:
     kind="map", needs_layer=True, capabilities=(Capability.LAYER_ACTIVATIONS,), family="cam",
 )
 def eigencam(ctx: Context, *, upsample: str = "bilinear") -> Result:
-    """Eigen-CAM, signed (the paper has no ReLU; pytorch-grad-cam clips at 0 when it scales)."""
+    """Eigen-CAM, signed (the paper has no ReLU; pytorch-grad-cam clips at 0 when it scales),
+    with the sign fixed as in :func:`eigencam_map`."""
     _check_upsample(upsample)
     layer = _layer(ctx)
     acts, outputs = _activation_pass(ctx, layer)
