@@ -48,6 +48,8 @@ def _method_info(name: str) -> MethodInfo:
 def default_layer(backend: Backend) -> str:
     """The last layer with a spatial (H, W, C) map that is not a container: the usual CAM layer."""
     spatial = [info for info in backend.layers() if info.spatial and info.type not in CONTAINER_TYPES]
+    # a 1x1 map (torch's AdaptiveAvgPool2d(1) as global pooling) is no CAM layer: skip it if possible
+    spatial = [info for info in spatial if tuple(info.output_shape[:2]) != (1, 1)] or spatial
     if not spatial:
         raise LayerError("layer: this model has no layer with a spatial map; pass layer= explicitly")
     return spatial[-1].name
