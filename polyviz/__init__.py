@@ -7,6 +7,7 @@ backends load their framework only when a model of theirs is used.
 
 from __future__ import annotations
 
+from polyviz import models
 from polyviz.api import explain, methods
 from polyviz.errors import (
     BackendNotFoundError,
@@ -72,6 +73,7 @@ __all__ = [
     "available_backends",
     "explain",
     "methods",
+    "models",
     "Explanation",
     "backend_for",
     "refresh",

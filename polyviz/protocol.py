@@ -620,7 +620,11 @@ class Backend(ABC):
         return next(info for info in self.layers() if info.name == name)
 
     def layer_weights(self, name: str) -> dict[str, np.ndarray]:
-        """A layer's weights, canonical layout: conv kernel (kh, kw, in, out), dense (in, out)."""
+        """A layer's weights, canonical layout: conv kernel (kh, kw, in, out), dense (in, out).
+
+        For a parameter-free ReLU that directly follows a conv or dense layer (the layer a fused
+        Keras ``Conv2D(activation="relu")`` maps to in torch), backends return that layer's weights.
+        """
         self.require(Capability.LAYER_WEIGHTS)
         (name,) = self.check_layers([name])
         return self._layer_weights(name)
@@ -785,11 +789,12 @@ class Backend(ABC):
     def build(cls, spec: Any, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:
         """Build a model of this framework from a :class:`polyviz.models.spec.NetworkSpec` and
         canonical weights. Returns the model and a map {spec layer name: native layer name whose
-        output equals that spec layer's output}. Capability ``build``."""
+        output equals that spec layer's output}; spec layers with no equal native layer (torch's
+        flatten of a (C, H, W) map is ordered differently) are left out. Capability ``build``."""
         raise CapabilityError(f"backend {cls.name!r} does not provide the 'build' capability")
 
     @classmethod
-    def export(cls, model: Any) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    def export(cls, model: Any, **options: Any) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
         """Read a VGG-style model back as (NetworkSpec, canonical weights, {spec layer name:
         native layer name whose output equals it}). Capability ``build``."""
         raise CapabilityError(f"backend {cls.name!r} does not provide the 'build' capability")

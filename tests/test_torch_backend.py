@@ -579,3 +579,22 @@ def test_cuda_device():  # pragma: no cover - needs a GPU
     _, g = TorchBackend(model).input_gradient(x, ClassScore(1), Rule(relu="guided"))
     _, ref = TorchBackend(seeded(ModuleNet)).input_gradient(x, ClassScore(1), Rule(relu="guided"))
     close(g, ref, rtol=1e-3)
+
+
+def test_torchvision_after_tensorflow_does_not_crash_the_process():
+    """CUDA torch builds ship triton, which segfaults when loaded after TensorFlow; the backend
+    blocks it (torchvision is imported by the zoo after TF here, in a fresh process)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("tensorflow")
+    code = (
+        "import tensorflow, keras, polyviz\n"
+        "k = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(2, 3), keras.layers.Flatten(), keras.layers.Dense(2)])\n"
+        "polyviz.backend_for(k).forward(__import__('numpy').zeros((1, 8, 8, 3), 'float32'))\n"
+        "m = polyviz.models.vgg16('torch')\n"
+        "print(type(m).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "VGG" in out.stdout

@@ -20,6 +20,7 @@ from polyviz.protocol import (
     Objective,
     Rule,
 )
+from polyviz_torch._compat import guard_triton
 
 #: Masked inputs per forward batch in :meth:`TorchBackend._masked_scores`.
 MASK_BATCH = 64
@@ -61,6 +62,7 @@ class TorchBackend(Backend):
         preprocess: Preprocess | None = None,
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
+        guard_triton()  # torch code paths may import torch._dynamo -> triton; see _compat
         if input_shape is not None:
             try:
                 input_shape = tuple(int(d) for d in input_shape)  # type: ignore[assignment]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from polyviz.errors import InputError, ModelError, WeightsNotFoundError
+from polyviz_torch._compat import guard_triton
 
 __all__ = ["vgg", "checkpoint_url", "load_state_dict"]
 
@@ -28,6 +29,7 @@ _NAMES = ("vgg16", "vgg19")
 
 def checkpoint_url(name: str) -> str:
     """torchvision's IMAGENET1K_V1 checkpoint URL for ``name``."""
+    guard_triton()
     import torchvision.models as tvm
 
     enum = {"vgg16": tvm.VGG16_Weights, "vgg19": tvm.VGG19_Weights}[name]
@@ -95,6 +97,7 @@ def load_state_dict(model: nn.Module, path: str) -> None:
 def vgg(name: str, weights: Any = None) -> nn.Module:
     """torchvision ``vgg16``/``vgg19`` in eval mode; ``weights`` None (torchvision's init),
     "imagenet" (hub checkpoint) or a path to a state-dict file."""
+    guard_triton()
     import torchvision.models as tvm
 
     if name not in _NAMES:
