@@ -30,7 +30,7 @@ __all__ = [
     "integrated_gradients",
     "gradient_shap",
     "layer_guided_backprop",
-    "quadrature",
+    "ig_quadrature",
 ]
 
 _GRAD = (Capability.INPUT_GRADIENT,)
@@ -214,14 +214,14 @@ def layer_guided_backprop(ctx: Context, *, channel: int | list[int] = 0, positio
 # --------------------------------------------------------------------------------------------
 
 
-def quadrature(n_steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+def ig_quadrature(n_steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
     """Captum's alphas and step weights (``captum.attr._utils.approximation_methods``).
 
     Gauss-Legendre on [0, 1]; Riemann left/right/middle with weights 1/n; trapezoid with
     ``linspace(0, 1, n)`` and half weights at both ends.
     """
     if rule not in IG_METHODS:
-        raise InputError(f"method: expected one of {IG_METHODS}, got {rule!r}.{did_you_mean(str(rule), IG_METHODS)}")
+        raise InputError(f"quadrature: expected one of {IG_METHODS}, got {rule!r}.{did_you_mean(str(rule), IG_METHODS)}")
     n = _positive_int(n_steps, "n_steps", 1 if rule == "gausslegendre" else 2)
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
@@ -246,16 +246,18 @@ def quadrature(n_steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray, n
     kind="input", needs_baseline=True, capabilities=_GRAD, family="gradient",
 )
 def integrated_gradients(
-    ctx: Context, *, n_steps: int = 50, baseline: float | np.ndarray = 0.0, method: str = "gausslegendre"
+    ctx: Context, *, n_steps: int = 50, baseline: float | np.ndarray = 0.0, quadrature: str = "gausslegendre"
 ) -> Result:
     """``(x - x') * sum_k w_k dS/dx(x' + a_k (x - x'))`` with Captum's alphas ``a_k`` and weights
-    ``w_k`` for ``method`` (Gauss-Legendre by default, or Riemann left/right/middle/trapezoid).
+    ``w_k`` for ``quadrature`` (Captum's ``method``: ``"gausslegendre"``, Captum's default, or
+    ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``, ``"riemann_trapezoid"``; the
+    option cannot be called ``method``, which is ``explain``'s own argument).
 
     All ``N * n_steps`` path points go through the backend in batches (default 16). The metadata
     holds ``convergence_delta`` per sample, ``sum(attr) - (S(x) - S(x'))``: the end scores come from
     the path points when the rule has alpha 0 / 1, otherwise from one extra forward pass.
     """
-    alphas, weights = quadrature(n_steps, method)
+    alphas, weights = ig_quadrature(n_steps, quadrature)
     steps = len(alphas)
     x = ctx.x.astype(np.float32)
     base = _baseline(ctx, baseline)
