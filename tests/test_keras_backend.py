@@ -606,3 +606,19 @@ def test_sequential_model_and_preprocess_gradient():
 @pytest.mark.skipif(os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow", reason="tensorflow backend only")
 def test_keras_backend_name_is_tensorflow():
     assert keras.backend.backend() == "tensorflow"
+
+
+def test_shared_layer_is_reported_not_mixed_up():
+    import keras
+
+    from polyviz.errors import LayerError
+
+    inp = keras.Input((6, 6, 3))
+    shared = keras.layers.Conv2D(3, 3, padding="same", name="shared")
+    out = keras.layers.Dense(2)(keras.layers.Flatten()(shared(shared(inp))))
+    model = keras.Model(inp, out)
+    backend = KerasBackend(model)
+    x = np.zeros((1, 6, 6, 3), np.float32)
+    with pytest.raises(LayerError, match="'shared' is called more than once"):
+        backend.layer_activations(x, ["shared"])
+    assert backend.forward(x).shape == (1, 2)  # the model itself still runs

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from polyviz.errors import InputError
+from polyviz.errors import InputError, PolyvizError
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     ChannelMean,
@@ -68,6 +68,8 @@ def forward_through(model_ref: weakref.ref, x: tf.Tensor, run: Run, pre: Preproc
         raise InputError("model: the model has been garbage collected")
     try:
         return run_model(model, preprocess_tf(x, pre), run)
+    except PolyvizError:
+        raise
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
         message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
         error = InputError(f"x: the model rejected an input of shape {tuple(x.shape)}: {message}")

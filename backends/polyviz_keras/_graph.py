@@ -18,6 +18,8 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 from keras.src.models.functional import operation_fn as keras_operation_fn
 
+from polyviz.errors import LayerError
+
 SEP = "/"
 
 
@@ -181,6 +183,11 @@ def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
             if name in run.scale:
                 out = out * tf.reshape(run.scale[name], [-1] + [1] * (out.shape.rank - 2) + [out.shape[-1]])
             if name in run.record:
+                if name in run.recorded:
+                    raise LayerError(
+                        f"layer: {name!r} is called more than once in one forward pass (a shared layer), so "
+                        "its activation is ambiguous; choose a layer that runs once"
+                    )
                 run.recorded[name] = out
             return out
 
