@@ -218,7 +218,9 @@ def ig_quadrature(n_steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray
     """Captum's alphas and step weights (``captum.attr._utils.approximation_methods``).
 
     Gauss-Legendre on [0, 1]; Riemann left/right/middle with weights 1/n; trapezoid with
-    ``linspace(0, 1, n)`` and half weights at both ends.
+    ``linspace(0, 1, n)`` and half weights at both ends. Kept exactly as Captum has it: its
+    trapezoid weights are ``1/n`` (not ``1/(n-1)``) with halved ends, so they sum to ``(n-1)/n``
+    and the attribution is scaled by that factor (the convergence delta shows it).
     """
     if rule not in IG_METHODS:
         raise InputError(f"quadrature: expected one of {IG_METHODS}, got {rule!r}.{did_you_mean(str(rule), IG_METHODS)}")
