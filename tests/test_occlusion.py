@@ -1,0 +1,204 @@
+"""Occlusion against real references: a hand-computed loop over windows, Captum's Occlusion, and
+torch against Keras. Batching equivalences compare two polyviz paths."""
+
+import numpy as np
+import pytest
+from numpy_backend import NumpyBackend
+
+import polyviz
+import polyviz.models
+from backends import ALL, both_frameworks
+from polyviz import registry
+from polyviz.errors import InputError
+from polyviz.models.spec import random_weights, vgg_spec
+from polyviz.registry import backend_class
+from polyviz.testing import tiny_spec
+
+
+def have(name):
+    try:
+        backend_class(name)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(params=[pytest.param("numpy"), *ALL])
+def bk(request, monkeypatch):
+    monkeypatch.setitem(registry._manual, "numpy", NumpyBackend)
+    if not have(request.param):
+        pytest.skip(f"the {request.param} backend is not available")
+    return request.param
+
+
+def build(backend, spec, seed=0):
+    return backend_class(backend).build(spec, random_weights(spec, seed))
+
+
+def rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def explain(model, x, **kw):
+    kw.setdefault("progress", False)
+    return polyviz.explain(model, x, "occlusion", layout="NHWC", **kw)
+
+
+def images(n, shape, seed=0):
+    return np.random.default_rng(seed).uniform(0, 1, size=(n, *shape)).astype(np.float32)
+
+
+def nchw(a):
+    return np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2))
+
+
+def by_hand(forward, x, target, window, stride, baseline):
+    """Zeiler & Fergus' loop, one window at a time: the mean score drop over covering windows."""
+    h, w = x.shape[:2]
+    total, count = np.zeros((h, w)), np.zeros((h, w))
+    clean = forward(x[None])[0, target]
+    y0 = 0
+    while True:
+        x0 = 0
+        while True:
+            occluded = x.copy()
+            occluded[y0 : y0 + window[0], x0 : x0 + window[1]] = baseline[y0 : y0 + window[0], x0 : x0 + window[1]]
+            total[y0 : y0 + window[0], x0 : x0 + window[1]] += clean - forward(occluded[None])[0, target]
+            count[y0 : y0 + window[0], x0 : x0 + window[1]] += 1
+            if x0 + window[1] >= w:
+                break
+            x0 += stride[1]
+        if y0 + window[0] >= h:
+            break
+        y0 += stride[0]
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def test_matches_the_window_loop(bk):
+    model, _ = build(bk, tiny_spec())
+    x = images(2, (12, 12, 3), seed=1)
+    base = images(1, (12, 12, 3), seed=2)[0] * 0.3
+    ref_net = NumpyBackend.build(tiny_spec(), random_weights(tiny_spec(), 0))[0]
+    forward = NumpyBackend(ref_net).forward
+    for window, stride, baseline in [((5, 5), (3, 3), 0.0), ((4, 6), (4, 5), base), (3, 2, 0.5)]:
+        e = explain(model, x, target=[1, 3], window=window, stride=stride, baseline=baseline)
+        assert e.attribution.shape == (2, 12, 12)
+        pair = lambda v: (v, v) if isinstance(v, int) else v  # noqa: E731
+        full = np.broadcast_to(np.asarray(baseline, np.float32), x.shape[1:])
+        for i, t in enumerate([1, 3]):
+            expected = by_hand(forward, x[i], t, pair(window), pair(stride), full)
+            np.testing.assert_allclose(e.attribution[i], expected, rtol=1e-4, atol=1e-6, err_msg=f"{window} {stride}")
+
+
+def test_uncovered_pixels_are_zero(bk):
+    model, _ = build(bk, tiny_spec())
+    x = images(1, (12, 12, 3), seed=3)
+    e = explain(model, x, target=0, window=2, stride=5)  # windows at 0, 5, 10: columns 2-4, 7-9 uncovered
+    assert np.all(e.attribution[0][:, [2, 3, 4, 7, 8, 9]] == 0)
+    assert np.all(e.attribution[0][[2, 3, 4, 7, 8, 9], :] == 0)
+    covered = np.ix_([0, 1, 5, 6, 10, 11], [0, 1, 5, 6, 10, 11])
+    assert np.abs(e.attribution[0][covered]).max() > 0
+
+
+def test_batching_is_invisible(bk):
+    model, _ = build(bk, tiny_spec())
+    x = images(3, (12, 12, 3), seed=4)
+    t = np.array([4, 0, 2])
+    base = images(3, (12, 12, 3), seed=5) * 0.2  # one baseline per sample
+    whole = explain(model, x, target=t, window=4, stride=3, baseline=base)
+    assert whole.options["forward_passes"] == 3 * (16 + 1)
+    for bs in (1, 5, 100):
+        e = explain(model, x, target=t, window=4, stride=3, baseline=base, batch_size=bs)
+        np.testing.assert_allclose(e.attribution, whole.attribution, rtol=1e-4, atol=1e-6, err_msg=f"batch_size={bs}")
+    for i in range(3):
+        one = explain(model, x[i : i + 1], target=int(t[i]), window=4, stride=3, baseline=base[i])
+        np.testing.assert_allclose(one.attribution[0], whole.attribution[i], rtol=1e-4, atol=1e-6)
+
+
+def test_bad_options(bk):
+    model, _ = build(bk, tiny_spec())
+    x = images(2, (12, 12, 3))
+    for kw, message in [({"window": 13}, "window: 13x13 is larger"), ({"window": (3, 0)}, "window"),
+                        ({"stride": "big"}, "stride"), ({"baseline": np.zeros((5, 12, 12, 3)), "window": 3}, "baseline"),
+                        ({"windows": 3}, "windows: not an option.*window")]:
+        with pytest.raises(InputError, match=message):
+            explain(model, x, target=0, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Captum (torch)
+# --------------------------------------------------------------------------------------------
+
+
+def test_captum_occlusion():
+    pytest.importorskip("captum")
+    import torch
+    from captum.attr import Occlusion
+
+    if not have("torch"):
+        pytest.skip("the torch backend is not available")
+    model, _ = build("torch", vgg_spec([[4], [8, 8]], input_shape=(20, 20, 3), dense=(16,), classes=6))
+    model.eval()
+    x = images(2, (20, 20, 3), seed=6)
+    base = images(1, (20, 20, 3), seed=7)[0] * 0.5
+    t = [2, 5]
+    for window, stride, baseline in [((6, 6), (4, 4), 0.0), ((7, 5), (3, 5), base), ((20, 4), (1, 4), 0.25)]:
+        ref_base = torch.from_numpy(nchw(base[None])) if isinstance(baseline, np.ndarray) else baseline
+        ref = Occlusion(model).attribute(torch.from_numpy(nchw(x)), sliding_window_shapes=(3, *window),
+                                         strides=(3, *stride), baselines=ref_base, target=t).detach().numpy()
+        np.testing.assert_allclose(ref, np.repeat(ref[:, :1], 3, axis=1), rtol=1e-6)  # same on every channel
+        e = explain(model, x, target=t, window=window, stride=stride, baseline=baseline)
+        assert rel(e.attribution, ref[:, 0]) <= 1e-4, (window, stride)
+
+
+@pytest.mark.slow
+def test_captum_occlusion_seeded_vgg16():
+    pytest.importorskip("captum")
+    import torch
+    from captum.attr import Occlusion
+
+    if not have("torch"):
+        pytest.skip("the torch backend is not available")
+    model = polyviz.models.vgg16(backend="torch", seed=0).eval()
+    x = images(1, (224, 224, 3), seed=0)
+    ref = Occlusion(model).attribute(torch.from_numpy(nchw(x)), sliding_window_shapes=(3, 64, 64),
+                                     strides=(3, 64, 64), target=9, perturbations_per_eval=16).detach().numpy()
+    e = explain(model, x, target=9, window=64, stride=64)
+    assert rel(e.attribution, ref[:, 0]) <= 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# across frameworks
+# --------------------------------------------------------------------------------------------
+
+
+@both_frameworks
+def test_same_maps_in_torch_and_keras():
+    if not (have("torch") and have("keras")):
+        pytest.skip("needs both backends")
+    from polyviz.models import convert
+
+    tmodel, _ = build("torch", vgg_spec([[4], [8, 8]], input_shape=(16, 16, 3), dense=(16,), classes=6))
+    kmodel = convert(tmodel, to="keras").model
+    x = images(2, (16, 16, 3), seed=8)
+    base = images(2, (16, 16, 3), seed=9)
+    for kw in ({"window": 5, "stride": 3}, {"window": (4, 8), "stride": (4, 2), "baseline": base}):
+        a = explain(tmodel, x, target=[0, 4], **kw)
+        b = explain(kmodel, x, target=[0, 4], **kw)
+        assert np.abs(a.attribution).max() > 0
+        assert rel(b.attribution, a.attribution) <= 1e-3, kw
+        native = polyviz.explain(tmodel, nchw(x), "occlusion", target=[0, 4], progress=False, **kw)
+        assert native.attribution.shape == (2, 16, 16)  # a map: no channel axis in any layout
+        assert rel(native.attribution, a.attribution) <= 1e-6
+
+
+@pytest.mark.slow
+@both_frameworks
+def test_seeded_vgg16_torch_and_keras():
+    if not (have("torch") and have("keras")):
+        pytest.skip("needs both backends")
+    x = images(1, (224, 224, 3), seed=1)
+    a = explain(polyviz.models.vgg16(backend="torch", seed=0).eval(), x, target=3, window=112, stride=56)
+    b = explain(polyviz.models.vgg16(backend="keras", seed=0), x, target=3, window=112, stride=56)
+    assert rel(b.attribution, a.attribution) <= 1e-3
