@@ -76,10 +76,28 @@ def _resolve_targets(target: Any, n: int) -> np.ndarray | None:
     return arr.astype(np.int64)
 
 
+#: Options that hold images (one, or a batch / distribution): given in the caller's layout.
+IMAGE_OPTIONS = ("baseline", "baselines")
+
+
+def _options_to_channels_last(options: dict[str, Any], layout: str) -> dict[str, Any]:
+    """Image-valued options (baselines) arrive in the caller's layout; techniques work channels-last."""
+    if layout != "NCHW":
+        return options
+    out = dict(options)
+    for name in IMAGE_OPTIONS:
+        value = out.get(name)
+        if value is not None and np.ndim(value) >= 3:
+            arr = np.asarray(value, dtype=np.float32)
+            out[name] = np.moveaxis(arr, -3, -1)  # (..., C, H, W) -> (..., H, W, C)
+    return out
+
+
 def explain(
     model: Any,
     x: Any,
     method: str,
+    /,
     *,
     target: int | list[int] | np.ndarray | None = None,
     layer: str | None = None,
@@ -108,6 +126,7 @@ def explain(
     xs = be.check_x(xs)
     if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
         raise InputError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    options = _options_to_channels_last(options, layout)
     known = info.options
     unknown = [k for k in options if k not in known]
     if unknown:

@@ -4,10 +4,10 @@ installed backend."""
 
 import numpy as np
 import pytest
+from numpy_backend import NumpyBackend
 
 import polyviz
 from backends import ALL
-from numpy_backend import NumpyBackend
 from polyviz import registry
 from polyviz.errors import InputError, LayerError, TargetError
 from polyviz.models.spec import random_weights
@@ -127,3 +127,18 @@ def test_framework_tensors_are_accepted(backend):
         expected = polyviz.explain(model, x, "saliency", target=1).attribution
     got = polyviz.explain(model, tensor, "saliency", target=1).attribution
     np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_image_options_follow_the_callers_layout(backend):
+    """A baseline image is given in the same layout as x (NCHW for torch users)."""
+    model, _ = built(backend)
+    x = images(2)
+    base = np.random.default_rng(1).random((12, 12, 3)).astype(np.float32)
+    nhwc = polyviz.explain(model, x, "integrated_gradients", target=1, baseline=base, n_steps=4, layout="NHWC")
+    nchw = polyviz.explain(model, x.transpose(0, 3, 1, 2), "integrated_gradients", target=1,
+                           baseline=base.transpose(2, 0, 1), n_steps=4, layout="NCHW", method="riemann_middle")
+    nhwc_mid = polyviz.explain(model, x, "integrated_gradients", target=1, baseline=base, n_steps=4, layout="NHWC",
+                               method="riemann_middle")
+    np.testing.assert_allclose(nchw.attribution.transpose(0, 2, 3, 1), nhwc_mid.attribution, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(nhwc.attribution, nhwc_mid.attribution)  # the quadrature option is honoured

@@ -45,7 +45,7 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def explain(model, x, method, **kw):
+def explain(model, x, method, /, **kw):
     kw.setdefault("progress", False)
     return polyviz.explain(model, x, method, layout="NHWC", **kw)
 
@@ -91,7 +91,7 @@ def test_linear_model_closed_forms(bk):
     for method in ("guided_backprop", "deconvnet"):  # no ReLU: the rules change nothing
         np.testing.assert_allclose(explain(model, x, method, target=t).attribution, w, **tol)
     for quadrature in ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid"):
-        e = explain(model, x, "integrated_gradients", target=t, baseline=base, n_steps=5, quadrature=quadrature)
+        e = explain(model, x, "integrated_gradients", target=t, baseline=base, n_steps=5, method=quadrature)
         # Captum's trapezoid weights [1/2n, 1/n, ..., 1/2n] sum to (n - 1)/n, not 1 (kept as Captum has it)
         total = 4 / 5 if quadrature == "riemann_trapezoid" else 1.0
         np.testing.assert_allclose(e.attribution, total * (x - base) * w, rtol=1e-4, atol=1e-6, err_msg=quadrature)
@@ -166,7 +166,7 @@ def test_integrated_gradients_endpoint_scores_without_extra_passes(monkeypatch):
     monkeypatch.setattr(NumpyBackend, "_input_gradient", count("gradient", grad))
     for quadrature, forwards in (("riemann_trapezoid", 0), ("riemann_left", 1), ("gausslegendre", 1)):
         calls.update(forward=0, gradient=0)
-        e = explain(model, x, "integrated_gradients", target=[1, 2], n_steps=10, quadrature=quadrature, batch_size=32)
+        e = explain(model, x, "integrated_gradients", target=[1, 2], n_steps=10, method=quadrature, batch_size=32)
         assert calls == {"forward": forwards, "gradient": 1}, quadrature
         assert e.options["convergence_delta"].shape == (2,)
 
@@ -177,8 +177,8 @@ def test_smoothgrad_wraps_other_methods(bk):
     a = explain(model, x, "smoothgrad", target=1, base="guided_backprop", n_samples=3, noise_level=0.0)
     np.testing.assert_allclose(a.attribution, explain(model, x, "guided_backprop", target=1).attribution, rtol=1e-5, atol=1e-7)
     b = explain(model, x, "smoothgrad", target=1, base="integrated_gradients", n_samples=2, noise_level=0.0,
-                base_options={"n_steps": 4, "quadrature": "riemann_middle"})
-    ig = explain(model, x, "integrated_gradients", target=1, n_steps=4, quadrature="riemann_middle")
+                base_options={"n_steps": 4, "method": "riemann_middle"})
+    ig = explain(model, x, "integrated_gradients", target=1, n_steps=4, method="riemann_middle")
     np.testing.assert_allclose(b.attribution, ig.attribution, rtol=1e-5, atol=1e-7)
 
 
@@ -193,8 +193,8 @@ def test_bad_options(bk):
     cases = [
         ("saliency", {"abs": True}, "abs: not an option of method 'saliency'"),
         ("integrated_gradients", {"n_step": 5}, "n_step: not an option.*n_steps"),
-        ("integrated_gradients", {"quadrature": "simpson"}, "quadrature"),
-        ("integrated_gradients", {"n_steps": 1, "quadrature": "riemann_left"}, "n_steps"),
+        ("integrated_gradients", {"method": "simpson"}, "method"),
+        ("integrated_gradients", {"n_steps": 1, "method": "riemann_left"}, "n_steps"),
         ("integrated_gradients", {"baseline": np.zeros((3, 12, 12))}, "baseline"),
         ("gradient_shap", {"baselines": np.zeros((2, 12, 12, 4))}, "baselines"),
         ("gradient_shap", {"stdevs": -1.0}, "stdevs"),
@@ -264,7 +264,7 @@ def test_captum_integrated_gradients(quadrature):
     ref, delta = IntegratedGradients(model).attribute(
         torch_input(x), baselines=torch_input(base[None]), target=t, n_steps=12, method=quadrature,
         return_convergence_delta=True)
-    e = explain(model, x, "integrated_gradients", target=t, baseline=base, n_steps=12, quadrature=quadrature)
+    e = explain(model, x, "integrated_gradients", target=t, baseline=base, n_steps=12, method=quadrature)
     assert rel(nchw(e.attribution), ref.detach().numpy()) <= 1e-4
     scale = np.abs(e.attribution).sum(axis=(1, 2, 3))
     np.testing.assert_allclose(e.options["convergence_delta"], delta.detach().numpy(), atol=1e-4 * scale.max())
@@ -339,6 +339,11 @@ def test_captum_seeded_vgg16():
 
 
 @both_frameworks
+def nchw_images(options):
+    """Image-valued options (baselines) in torch's layout, as a torch user passes them."""
+    return {k: (np.moveaxis(v, -1, -3) if k in ("baseline", "baselines") and np.ndim(v) >= 3 else v) for k, v in options.items()}
+
+
 def test_same_attributions_in_torch_and_keras():
     if not (have("torch") and have("keras")):
         pytest.skip("needs both backends")
@@ -350,7 +355,7 @@ def test_same_attributions_in_torch_and_keras():
     t = [1, 5]
     dist = images(3, (16, 16, 3), seed=10) * 0.2
     cases = [(m, options_for(m)) for m in INPUT_METHODS] + [
-        ("integrated_gradients", {"n_steps": 6, "quadrature": "riemann_trapezoid", "baseline": dist[0]}),
+        ("integrated_gradients", {"n_steps": 6, "method": "riemann_trapezoid", "baseline": dist[0]}),
         ("gradient_shap", {"n_samples": 4, "stdevs": 0.05, "baselines": dist}),
         ("smoothgrad", {"n_samples": 3, "kind": "variance", "base": "integrated_gradients", "base_options": {"n_steps": 4}}),
         ("layer_guided_backprop", {"layer": names["block2_conv2"], "channel": [2, 5]}),
@@ -365,7 +370,7 @@ def test_same_attributions_in_torch_and_keras():
         assert np.abs(a.attribution).max() > 0, method
         assert rel(b.attribution, a.attribution) <= 1e-3, (method, kw)
         # and in each framework's native layout
-        native = polyviz.explain(tmodel, nchw(x), method, target=t, seed=3, progress=False, **kw)
+        native = polyviz.explain(tmodel, nchw(x), method, target=t, seed=3, progress=False, **nchw_images(kw))
         assert native.attribution.shape == (2, 3, 16, 16)
         assert rel(native.attribution, nchw(a.attribution)) <= 1e-6
 

@@ -174,6 +174,11 @@ def test_captum_occlusion_seeded_vgg16():
 
 
 @both_frameworks
+def nchw_images(options):
+    """Image-valued options (baselines) in torch's layout, as a torch user passes them."""
+    return {k: (np.moveaxis(v, -1, -3) if k in ("baseline", "baselines") and np.ndim(v) >= 3 else v) for k, v in options.items()}
+
+
 def test_same_maps_in_torch_and_keras():
     if not (have("torch") and have("keras")):
         pytest.skip("needs both backends")
@@ -188,7 +193,7 @@ def test_same_maps_in_torch_and_keras():
         b = explain(kmodel, x, target=[0, 4], **kw)
         assert np.abs(a.attribution).max() > 0
         assert rel(b.attribution, a.attribution) <= 1e-3, kw
-        native = polyviz.explain(tmodel, nchw(x), "occlusion", target=[0, 4], progress=False, **kw)
+        native = polyviz.explain(tmodel, nchw(x), "occlusion", target=[0, 4], progress=False, **nchw_images(kw))
         assert native.attribution.shape == (2, 16, 16)  # a map: no channel axis in any layout
         assert rel(native.attribution, a.attribution) <= 1e-6
 

@@ -223,7 +223,7 @@ def ig_quadrature(n_steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray
     and the attribution is scaled by that factor (the convergence delta shows it).
     """
     if rule not in IG_METHODS:
-        raise InputError(f"quadrature: expected one of {IG_METHODS}, got {rule!r}.{did_you_mean(str(rule), IG_METHODS)}")
+        raise InputError(f"method: expected one of {IG_METHODS}, got {rule!r}.{did_you_mean(str(rule), IG_METHODS)}")
     n = _positive_int(n_steps, "n_steps", 1 if rule == "gausslegendre" else 2)
     if rule == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
@@ -248,18 +248,17 @@ def ig_quadrature(n_steps: int, rule: str = "gausslegendre") -> tuple[np.ndarray
     kind="input", needs_baseline=True, capabilities=_GRAD, family="gradient",
 )
 def integrated_gradients(
-    ctx: Context, *, n_steps: int = 50, baseline: float | np.ndarray = 0.0, quadrature: str = "gausslegendre"
+    ctx: Context, *, n_steps: int = 50, baseline: float | np.ndarray = 0.0, method: str = "gausslegendre"
 ) -> Result:
     """``(x - x') * sum_k w_k dS/dx(x' + a_k (x - x'))`` with Captum's alphas ``a_k`` and weights
-    ``w_k`` for ``quadrature`` (Captum's ``method``: ``"gausslegendre"``, Captum's default, or
-    ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``, ``"riemann_trapezoid"``; the
-    option cannot be called ``method``, which is ``explain``'s own argument).
+    ``w_k`` for the quadrature ``method`` (as Captum's: ``"gausslegendre"``, Captum's default, or
+    ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"``, ``"riemann_trapezoid"``).
 
     All ``N * n_steps`` path points go through the backend in batches (default 16). The metadata
     holds ``convergence_delta`` per sample, ``sum(attr) - (S(x) - S(x'))``: the end scores come from
     the path points when the rule has alpha 0 / 1, otherwise from one extra forward pass.
     """
-    alphas, weights = ig_quadrature(n_steps, quadrature)
+    alphas, weights = ig_quadrature(n_steps, method)
     steps = len(alphas)
     x = ctx.x.astype(np.float32)
     base = _baseline(ctx, baseline)
