@@ -146,7 +146,9 @@ def run_bench(
     floors = _floors(backend, x, target, layer, batch_size)
     window, stride = floors.pop("_occlusion")()
     floor_times: dict[str, float] = {}
-    peer_fns = backend.peer_benchmarks(model, layout_x, target, layer) if hasattr(backend, "peer_benchmarks") else {}
+    peer_fns = {}
+    if peers and hasattr(backend, "peer_benchmarks"):  # optional: each backend offers its own peers
+        peer_fns = backend.peer_benchmarks(model, layout_x, target, layer, batch_size)
     rows = []
     iterator = methods
     if progress:

@@ -271,3 +271,9 @@ class KerasBackend(Backend):
         from polyviz_keras._build import state_fingerprint
 
         return state_fingerprint(model)
+
+    def peer_benchmarks(self, model: Any, x: np.ndarray, target: np.ndarray, layer: str, batch: int = 32) -> dict:
+        """The same methods in the peer libraries, for ``polyviz bench --peers`` (see ``_peers``)."""
+        from polyviz_keras._peers import peer_benchmarks
+
+        return peer_benchmarks(model, x, target, layer, batch)

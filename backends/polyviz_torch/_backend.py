@@ -210,3 +210,9 @@ class TorchBackend(Backend):
         from polyviz_torch._state import state_fingerprint
 
         return state_fingerprint(model)
+
+    def peer_benchmarks(self, model: Any, x: np.ndarray, target: np.ndarray, layer: str, batch: int = 32) -> dict:
+        """The same methods in the peer libraries, for ``polyviz bench --peers`` (see ``_peers``)."""
+        from polyviz_torch._peers import peer_benchmarks
+
+        return peer_benchmarks(model, x, target, layer, batch)
