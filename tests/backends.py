@@ -9,3 +9,33 @@ FRAMEWORKS = {"torch": "torch", "keras": "tensorflow"}
 INSTALLED = [name for name, module in FRAMEWORKS.items() if importlib.util.find_spec(module) is not None]
 ALL = [pytest.param(name, marks=pytest.mark.skipif(name not in INSTALLED, reason=f"{name} is not installed")) for name in FRAMEWORKS]
 both_frameworks = pytest.mark.skipif(len(INSTALLED) < 2, reason="needs torch and keras")
+
+
+def float64_conformance(backend_cls, build64, monkeypatch, rtol=1e-6):
+    """Run the conformance suite on ``build64(spec, weights)`` (the tiny network built in float64)
+    with every reference comparison tightened from float32 round-off to ``rtol``: the float64
+    reference of polyviz.reference agrees with a float64 model to ~1e-10 before the protocol's
+    final float32 rounding (~6e-8). Also checks that results come back as float32 numpy."""
+    from functools import cached_property
+
+    import numpy as np
+
+    import polyviz.testing as pt
+    from polyviz.protocol import ClassScore
+
+    class Float64(pt.Conformance):
+        @cached_property
+        def built(self):
+            return build64(self.spec, self.weights)
+
+    float32_close = pt.assert_close
+    monkeypatch.setattr(pt, "assert_close", lambda a, e, what, rtol_=None: float32_close(a, e, what, rtol=rtol))
+    c = Float64(backend_cls)
+    values, grad = c.backend.input_gradient(c.x, ClassScore(c.targets.tolist()))
+    assert values.dtype == grad.dtype == c.backend.forward(c.x).dtype == np.float32
+    acts = c.backend.layer_activations(c.x, [c.name("relu2")], include_output=True)
+    assert all(a.dtype == np.float32 for a in acts.values())
+    res = c.backend.layer_gradients(c.x, [c.name("relu2")], ClassScore(0))
+    assert res.values.dtype == res.activations[c.name("relu2")].dtype == res.gradients[c.name("relu2")].dtype == np.float32
+    for check in pt.CHECKS:
+        check(c)

@@ -20,6 +20,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from polyviz_keras import KerasBackend, _functions  # noqa: E402
 
+from backends import float64_conformance  # noqa: E402
 from polyviz.errors import InputError, LayerError, ModelError, TargetError, WeightsNotFoundError  # noqa: E402
 from polyviz.models.spec import LayerSpec, NetworkSpec, random_weights, vgg_spec  # noqa: E402
 from polyviz.protocol import (  # noqa: E402
@@ -38,7 +39,7 @@ from polyviz.protocol import (  # noqa: E402
     materialize_masks,
 )
 from polyviz.registry import backend_for  # noqa: E402
-from polyviz.testing import CHECKS, Conformance  # noqa: E402
+from polyviz.testing import CHECKS, Conformance, tiny_spec  # noqa: E402
 
 RNG = np.random.default_rng(0)
 
@@ -89,6 +90,25 @@ def test_conformance(check):
     if "c" not in _CONFORMANCE:
         _CONFORMANCE["c"] = Conformance(KerasBackend)
     check(_CONFORMANCE["c"])
+
+
+def build_float64(spec, weights):
+    """The spec built by KerasBackend under ``floatx="float64"`` (restored afterwards)."""
+    floatx = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        return KerasBackend.build(spec, weights)
+    finally:
+        keras.config.set_floatx(floatx)
+
+
+def test_float64_model_matches_float64_reference(monkeypatch):
+    """A float64 model: the input is cast in the graph, objective data follows the model dtype,
+    results come back float32, and everything equals the float64 numpy reference to 1e-6."""
+    spec = tiny_spec()
+    model, _ = build_float64(spec, random_weights(spec, 0))
+    assert model.compute_dtype == "float64" and keras.config.floatx() == "float32"
+    float64_conformance(KerasBackend, build_float64, monkeypatch)
 
 
 # ---- import and detection ----------------------------------------------------------------------

@@ -571,6 +571,18 @@ def test_conformance_suite():
     testing.run_conformance(TorchBackend)
 
 
+def test_float64_model_matches_float64_reference(monkeypatch):
+    """A ``.double()`` model: inputs and objective constants follow the parameters' dtype, results
+    come back float32, and everything equals the float64 numpy reference to 1e-6."""
+    from backends import float64_conformance
+
+    def build64(spec, weights):
+        model, names = TorchBackend.build(spec, weights)
+        return model.double(), names
+
+    float64_conformance(TorchBackend, build64, monkeypatch)
+
+
 def test_cuda_device():  # pragma: no cover - needs a GPU
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")

@@ -50,24 +50,43 @@ def count_trace(key: Hashable) -> None:
     TRACES[kind] = TRACES.get(kind, 0) + 1
 
 
+def compute_dtype(model: Any) -> tf.DType:
+    """The floating dtype the model computes in (``keras.config.set_floatx("float64")`` at build
+    time gives float64); float32 when the model declares none or a non-floating one."""
+    try:
+        dtype = tf.as_dtype(getattr(model, "compute_dtype", None) or tf.float32)
+    except TypeError:
+        return tf.float32
+    return dtype if dtype.is_floating else tf.float32
+
+
+def float32(t: tf.Tensor) -> tf.Tensor:
+    """``t`` as float32 for the protocol's numpy results (``tf.cast`` is the identity on float32)."""
+    return tf.cast(t, tf.float32) if t.dtype.is_floating else t
+
+
 def preprocess_tf(x: tf.Tensor, pre: Preprocess | None) -> tf.Tensor:
-    """``Preprocess.apply`` in TensorFlow, differentiable."""
+    """``Preprocess.apply`` in TensorFlow, differentiable, in ``x``'s dtype."""
     if pre is None:
         return x
-    x = x * tf.constant(pre.scale, tf.float32)
+    x = x * tf.constant(pre.scale, x.dtype)
     if pre.channel_order == "BGR":
         x = tf.reverse(x, axis=[-1])
     mean, std = pre.arrays(int(x.shape[-1]))
-    return (x - tf.constant(mean)) / tf.constant(std)
+    return (x - tf.constant(mean, x.dtype)) / tf.constant(std, x.dtype)
 
 
 def forward_through(model_ref: weakref.ref, x: tf.Tensor, run: Run, pre: Preprocess | None) -> tf.Tensor:
-    """Preprocess and run the model; a model error becomes an InputError naming ``x``."""
+    """Preprocess and run the model; a model error becomes an InputError naming ``x``.
+
+    The float32 input is cast to the model's compute dtype first (inside the graph, so that
+    gradients flow back to the float32 input; no op at all for a float32 model), and preprocessed
+    in that dtype: a float64 model sees the caller's image exactly."""
     model = model_ref()
     if model is None:
         raise InputError("model: the model has been garbage collected")
     try:
-        return run_model(model, preprocess_tf(x, pre), run)
+        return run_model(model, preprocess_tf(tf.cast(x, compute_dtype(model)), pre), run)
     except PolyvizError:
         raise
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
@@ -126,7 +145,7 @@ def evaluate(objective_key: Hashable, out: tf.Tensor, acts: dict[str, tf.Tensor]
         flat = tf.reshape(out, [tf.shape(out)[0], -1])
         return tf.gather(flat, data["targets"][:, None], batch_dims=1)[:, 0]
     if kind == "OutputWeighting":
-        return _per_sample_sum(out * data["weights"])
+        return _per_sample_sum(out * tf.cast(data["weights"], out.dtype))
     if kind == "NativeCallable":
         return objective_key[1](out)
     a = acts[objective_key[1]]
@@ -141,7 +160,7 @@ def evaluate(objective_key: Hashable, out: tf.Tensor, acts: dict[str, tf.Tensor]
             a = tf.gather(a, list(objective_key[2]), axis=-1)
         return tf.reduce_mean(tf.reshape(tf.square(a), [tf.shape(a)[0], -1]), axis=1)
     if kind == "LayerDistance":
-        return _per_sample_sum(tf.square(a - data["reference"]))
+        return _per_sample_sum(tf.square(a - tf.cast(data["reference"], a.dtype)))
     raise InputError(f"objective: unsupported objective kind {kind}")
 
 
@@ -162,7 +181,7 @@ def make_forward(model: Any, key: Hashable, x_shape: tuple, pre: Preprocess | No
         count_trace(key)
         run = Run(record=frozenset(record), logits=logits)
         out = forward_through(ref, x, run, pre)
-        return out, [run.recorded[name] for name in record]
+        return float32(out), [float32(run.recorded[name]) for name in record]
 
     return forward
 
@@ -176,7 +195,7 @@ def make_scaled_forward(model: Any, key: Hashable, x_shape: tuple, pre: Preproce
     def forward(x: tf.Tensor, keep: tf.Tensor) -> Any:
         count_trace(key)
         run = Run(logits=logits, scale={layer: keep})
-        return forward_through(ref, x, run, pre)
+        return float32(forward_through(ref, x, run, pre))
 
     return forward
 
@@ -202,7 +221,7 @@ def make_gradient(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.
         if wrt_layers:
             acts = [run.recorded[name] for name in layers]
             grads = tape.gradient(total, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-            return values, acts, grads
-        return values, tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return float32(values), [float32(a) for a in acts], [float32(g) for g in grads]
+        return float32(values), tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     return gradient

@@ -181,7 +181,8 @@ def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
             else:
                 out = _call_layer(layer, run, args, kwargs)
             if name in run.scale:
-                out = out * tf.reshape(run.scale[name], [-1] + [1] * (out.shape.rank - 2) + [out.shape[-1]])
+                keep = tf.cast(run.scale[name], out.dtype)  # the identity for a float32 model
+                out = out * tf.reshape(keep, [-1] + [1] * (out.shape.rank - 2) + [out.shape[-1]])
             if name in run.record:
                 if name in run.recorded:
                     raise LayerError(
