@@ -12,13 +12,16 @@ The ratio method / floor says how much a method adds on top of the passes it can
 ``--peers``, the same method in the peer libraries that are installed (Captum, pytorch-grad-cam,
 tf-keras-vis: each backend offers its own through ``Backend.peer_benchmarks``) is timed in the
 same run. Timing is wall-clock (``time.perf_counter``), median and min over ``repeat`` runs after
-one warm-up run.
+one warm-up run; every backend call returns host numpy arrays, so device work is synchronised.
+Peak memory is the rise of the process' resident memory during one extra run, sampled every 5 ms.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -48,10 +51,41 @@ class BenchRow:
     floor: str
     floor_s: float
     ratio: float
+    peak_mib: float = 0.0  # resident memory the method added at its peak (host RSS, sampled)
     peers: dict[str, float] = field(default_factory=dict)  # peer name -> median seconds
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _peak_rss_mib(fn: Callable[[], Any], interval: float = 0.005) -> float:
+    """How far resident memory rose above its starting level while ``fn`` ran, in MiB."""
+    start = _rss_bytes()
+    peak = [start]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            done.wait(interval)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        thread.join()
+    return max(peak[0] - start, 0) / 2**20
 
 
 def _time(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
@@ -165,6 +199,7 @@ def run_bench(
                            batch_size=batch_size, progress=False, preprocess=preprocess, **options)
 
         median, best = _time(run, repeat)
+        peak = _peak_rss_mib(run)
         floor = _floor_for(method, floors)
         if floor not in floor_times:
             floor_times[floor] = _time(floors[floor], repeat)[0]
@@ -172,21 +207,22 @@ def run_bench(
         if peers:
             for peer_name, fn in peer_fns.get(method, {}).items():
                 peer_times[peer_name] = _time(fn, repeat)[0]
-        rows.append(BenchRow(backend.name, method, median, best, floor, floor_times[floor], median / floor_times[floor], peer_times))
+        rows.append(BenchRow(backend.name, method, median, best, floor, floor_times[floor], median / floor_times[floor],
+                             peak, peer_times))
     return rows
 
 
 def markdown(rows: list[BenchRow]) -> str:
     """A markdown table: method, time, floor, ratio, and each peer's time and speed-up."""
     lines = [
-        "| backend | method | median s | min s | floor | floor s | ratio | peers (median s, polyviz speed-up) |",
-        "|---|---|---:|---:|---|---:|---:|---|",
+        "| backend | method | median s | min s | floor | floor s | ratio | peak MiB | peers (median s, polyviz speed-up) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in rows:
         peer_text = "; ".join(f"{name} {t:.3f} s ({t / r.median_s:.1f}x)" for name, t in r.peers.items()) or "-"
         lines.append(
             f"| {r.backend} | {r.method} | {r.median_s:.3f} | {r.min_s:.3f} | {r.floor} | {r.floor_s:.3f} | "
-            f"{r.ratio:.2f} | {peer_text} |"
+            f"{r.ratio:.2f} | {r.peak_mib:.0f} | {peer_text} |"
         )
     return "\n".join(lines)
 

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--size", type=int, default=None, help="input size in pixels (default 224; 64 with --quick)")
     bench.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     bench.add_argument("--batch-size", type=int, default=32, help="passes per backend call inside a method")
-    bench.add_argument("--repeat", type=int, default=3, help="timed runs per method after a warm-up")
+    bench.add_argument("--repeat", type=int, default=5, help="timed runs per method after a warm-up")
     bench.add_argument("--peers", action="store_true", help="also time Captum, pytorch-grad-cam, tf-keras-vis")
     bench.add_argument("--json", default="", help="write the rows as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smoke run: small input, few methods, one repeat")
