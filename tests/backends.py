@@ -1,6 +1,7 @@
 """The backends installed in this environment, for parametrised tests (skipped, not failed, when a
 framework is missing)."""
 
+import contextlib
 import importlib.util
 
 import pytest
@@ -9,6 +10,23 @@ FRAMEWORKS = {"torch": "torch", "keras": "tensorflow"}
 INSTALLED = [name for name, module in FRAMEWORKS.items() if importlib.util.find_spec(module) is not None]
 ALL = [pytest.param(name, marks=pytest.mark.skipif(name not in INSTALLED, reason=f"{name} is not installed")) for name in FRAMEWORKS]
 both_frameworks = pytest.mark.skipif(len(INSTALLED) < 2, reason="needs torch and keras")
+
+
+@contextlib.contextmanager
+def keras_float64():
+    """Keras layers built inside are float64. Both settings are needed: ``floatx`` for inputs and
+    weights, and the global dtype policy, which Keras caches from ``floatx`` the first time any
+    layer is made (so ``set_floatx`` alone is ignored once a model exists). Restored on exit."""
+    import keras
+
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+        keras.config.set_floatx(floatx)
 
 
 def float64_conformance(backend_cls, build64, monkeypatch, rtol=1e-6):

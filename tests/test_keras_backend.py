@@ -20,7 +20,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from polyviz_keras import KerasBackend, _functions  # noqa: E402
 
-from backends import float64_conformance  # noqa: E402
+from backends import float64_conformance, keras_float64  # noqa: E402
 from polyviz.errors import InputError, LayerError, ModelError, TargetError, WeightsNotFoundError  # noqa: E402
 from polyviz.models.spec import LayerSpec, NetworkSpec, random_weights, vgg_spec  # noqa: E402
 from polyviz.protocol import (  # noqa: E402
@@ -93,13 +93,9 @@ def test_conformance(check):
 
 
 def build_float64(spec, weights):
-    """The spec built by KerasBackend under ``floatx="float64"`` (restored afterwards)."""
-    floatx = keras.config.floatx()
-    keras.config.set_floatx("float64")
-    try:
+    """The spec built by KerasBackend in float64 (see backends.keras_float64)."""
+    with keras_float64():
         return KerasBackend.build(spec, weights)
-    finally:
-        keras.config.set_floatx(floatx)
 
 
 def test_float64_model_matches_float64_reference(monkeypatch):
@@ -107,7 +103,8 @@ def test_float64_model_matches_float64_reference(monkeypatch):
     results come back float32, and everything equals the float64 numpy reference to 1e-6."""
     spec = tiny_spec()
     model, _ = build_float64(spec, random_weights(spec, 0))
-    assert model.compute_dtype == "float64" and keras.config.floatx() == "float32"
+    assert model.compute_dtype == "float64" and model.get_layer("conv1").kernel.dtype == "float64"
+    assert keras.config.floatx() == "float32" and keras.config.dtype_policy().name == "float32"
     float64_conformance(KerasBackend, build_float64, monkeypatch)
 
 
