@@ -6,6 +6,10 @@ import importlib.util
 
 import pytest
 
+import polyviz.models
+from polyviz.models.spec import random_weights
+from polyviz.registry import backend_class
+
 FRAMEWORKS = {"torch": "torch", "keras": "tensorflow"}
 INSTALLED = [name for name, module in FRAMEWORKS.items() if importlib.util.find_spec(module) is not None]
 ALL = [pytest.param(name, marks=pytest.mark.skipif(name not in INSTALLED, reason=f"{name} is not installed")) for name in FRAMEWORKS]
@@ -57,3 +61,14 @@ def float64_conformance(backend_cls, build64, monkeypatch, rtol=1e-6):
     assert res.values.dtype == res.activations[c.name("relu2")].dtype == res.gradients[c.name("relu2")].dtype == np.float32
     for check in pt.CHECKS:
         check(c)
+
+
+def seeded_vgg16_float64():
+    """Seeded VGG16 in float64 in both frameworks, same weights: torch via ``.double()``, Keras
+    built from the spec in float64 (see backends.keras_float64)."""
+    tmodel = polyviz.models.vgg16(backend="torch", seed=0).eval().double()
+    spec = polyviz.models.seeded_vgg_spec("vgg16", "keras")
+    with keras_float64():
+        kmodel, _ = backend_class("keras").build(spec, random_weights(spec, 0))
+    assert kmodel.compute_dtype == "float64" and kmodel.get_layer("block1_conv1").kernel.dtype == "float64"
+    return tmodel, kmodel

@@ -8,7 +8,7 @@ from numpy_backend import NumpyBackend
 
 import polyviz
 import polyviz.models
-from backends import ALL, both_frameworks, keras_float64
+from backends import ALL, both_frameworks, seeded_vgg16_float64
 from polyviz import registry
 from polyviz.errors import InputError
 from polyviz.models.spec import LayerSpec, NetworkSpec, random_weights, vgg_spec
@@ -373,17 +373,6 @@ def test_same_attributions_in_torch_and_keras():
         native = polyviz.explain(tmodel, nchw(x), method, target=t, seed=3, progress=False, **nchw_images(kw))
         assert native.attribution.shape == (2, 3, 16, 16)
         assert rel(native.attribution, nchw(a.attribution)) <= 1e-6
-
-
-def seeded_vgg16_float64():
-    """Seeded VGG16 in float64 in both frameworks, same weights: torch via ``.double()``, Keras
-    built from the spec in float64 (see backends.keras_float64)."""
-    tmodel = polyviz.models.vgg16(backend="torch", seed=0).eval().double()
-    spec = polyviz.models.seeded_vgg_spec("vgg16", "keras")
-    with keras_float64():
-        kmodel, _ = backend_class("keras").build(spec, random_weights(spec, 0))
-    assert kmodel.compute_dtype == "float64" and kmodel.get_layer("block1_conv1").kernel.dtype == "float64"
-    return tmodel, kmodel
 
 
 @pytest.mark.slow
