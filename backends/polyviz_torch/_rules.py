@@ -34,72 +34,32 @@ def _rule_backward(rule: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Te
     return positive
 
 
-class _GuidedRelu(torch.autograd.Function):
-    """Out-of-place ReLU with the guided-backprop backward."""
+def _relu_function(rule: str, inplace: bool) -> type[torch.autograd.Function]:
+    """An autograd Function: ReLU forward (in place, marking the input dirty, so that
+    ``x.relu_(); return x`` keeps working; or out of place) and the rule's backward."""
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        return out
+    class RuleRelu(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            if inplace:
+                ctx.mark_dirty(x)
+                out = x.clamp_(min=0)
+            else:
+                out = x.clamp(min=0)
+            ctx.save_for_backward(out)
+            return out
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return _rule_backward("guided", grad, out)
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            (out,) = ctx.saved_tensors
+            return _rule_backward(rule, grad, out)
 
-
-class _DeconvRelu(torch.autograd.Function):
-    """Out-of-place ReLU with the deconvnet backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return _rule_backward("deconvnet", grad, out)
+    RuleRelu.__name__ = RuleRelu.__qualname__ = f"{rule.capitalize()}Relu{'Inplace' if inplace else ''}"
+    return RuleRelu
 
 
-class _GuidedReluInplace(torch.autograd.Function):
-    """In-place ReLU (``x.relu_(); return x`` keeps working) with the guided backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.mark_dirty(x)
-        x.clamp_(min=0)
-        ctx.save_for_backward(x)
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return _rule_backward("guided", grad, out)
-
-
-class _DeconvReluInplace(torch.autograd.Function):
-    """In-place ReLU with the deconvnet backward."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        ctx.mark_dirty(x)
-        x.clamp_(min=0)
-        ctx.save_for_backward(x)
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        return _rule_backward("deconvnet", grad, out)
-
-
-_FUNCTIONS = {
-    "guided": (_GuidedRelu, _GuidedReluInplace),
-    "deconvnet": (_DeconvRelu, _DeconvReluInplace),
-}
+#: rule -> (out-of-place Function, in-place Function)
+_FUNCTIONS = {rule: (_relu_function(rule, False), _relu_function(rule, True)) for rule in ("guided", "deconvnet")}
 
 #: Functions whose first argument is the ReLU input and that return a new tensor (unless
 #: ``F.relu(..., inplace=True)``).
