@@ -4,6 +4,7 @@ framework is missing)."""
 import contextlib
 import importlib.util
 
+import numpy as np
 import pytest
 
 import polyviz.models
@@ -14,6 +15,26 @@ FRAMEWORKS = {"torch": "torch", "keras": "tensorflow"}
 INSTALLED = [name for name, module in FRAMEWORKS.items() if importlib.util.find_spec(module) is not None]
 ALL = [pytest.param(name, marks=pytest.mark.skipif(name not in INSTALLED, reason=f"{name} is not installed")) for name in FRAMEWORKS]
 both_frameworks = pytest.mark.skipif(len(INSTALLED) < 2, reason="needs torch and keras")
+
+
+def have(name):
+    """True if the backend ``name`` is registered and loads."""
+    try:
+        backend_class(name)
+    except Exception:
+        return False
+    return True
+
+
+def build(backend, spec, seed=0):
+    """(model, {spec layer: native layer}) of ``spec`` with seeded numpy weights in ``backend``."""
+    return backend_class(backend).build(spec, random_weights(spec, seed))
+
+
+def rel(a, b):
+    """Relative L2 error of ``a`` against ``b``."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 @contextlib.contextmanager

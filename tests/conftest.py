@@ -11,3 +11,20 @@ try:  # pragma: no cover - depends on what is installed
     import torchvision  # noqa: F401
 except ImportError:
     pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(params=["numpy", "torch", "keras"])
+def bk(request, monkeypatch):
+    """Every backend: the framework-free reference backend and each installed framework."""
+    from numpy_backend import NumpyBackend
+
+    from backends import have
+    from polyviz import registry
+
+    monkeypatch.setitem(registry._manual, "numpy", NumpyBackend)
+    if not have(request.param):
+        pytest.skip(f"the {request.param} backend is not available")
+    return request.param

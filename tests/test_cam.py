@@ -8,7 +8,7 @@ from numpy_backend import NumpyBackend
 
 import polyviz
 import polyviz.models
-from backends import ALL, both_frameworks
+from backends import both_frameworks, build, have, rel
 from polyviz import registry
 from polyviz.errors import LayerError
 from polyviz.interpolation import resize
@@ -23,33 +23,6 @@ CAMS = ["gradcam", "gradcam_plus_plus", "xgradcam", "hirescam", "layercam", "gui
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
-
-
-def have(name):
-    try:
-        backend_class(name)
-    except Exception:
-        return False
-    return True
-
-
-@pytest.fixture(params=[pytest.param("numpy"), *ALL])
-def bk(request, monkeypatch):
-    monkeypatch.setitem(registry._manual, "numpy", NumpyBackend)
-    name = request.param
-    if not have(name):
-        pytest.skip(f"the {name} backend is not available (not installed or not landed yet)")
-    return name
-
-
-def build(backend, spec, seed=0):
-    return backend_class(backend).build(spec, random_weights(spec, seed))
-
-
-def rel(a, b):
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def pearson(a, b):

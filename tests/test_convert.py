@@ -4,15 +4,11 @@ import numpy as np
 import pytest
 
 import polyviz
-from backends import ALL, both_frameworks
+from backends import ALL, both_frameworks, rel
 from polyviz.errors import WeightsNotFoundError
 from polyviz.models import convert
 
 pytestmark = [both_frameworks, pytest.mark.slow]
-
-
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,12 @@ import numpy as np
 import pytest
 
 import polyviz
-from backends import both_frameworks, seeded_vgg16_float64
+from backends import both_frameworks, rel, seeded_vgg16_float64
 from polyviz.models import convert
 from polyviz.models.spec import VGG_CONFIGS, random_weights, vgg_spec
 from polyviz.registry import backend_class
 
 pytestmark = [both_frameworks, pytest.mark.slow]
-
-
-def rel(a, b):
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module")

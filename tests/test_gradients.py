@@ -8,7 +8,7 @@ from numpy_backend import NumpyBackend
 
 import polyviz
 import polyviz.models
-from backends import ALL, both_frameworks, seeded_vgg16_float64
+from backends import both_frameworks, build, have, rel, seeded_vgg16_float64
 from polyviz import registry
 from polyviz.errors import InputError
 from polyviz.models.spec import LayerSpec, NetworkSpec, random_weights, vgg_spec
@@ -18,31 +18,6 @@ from polyviz.testing import tiny_spec
 INPUT_METHODS = ["saliency", "input_x_gradient", "guided_backprop", "deconvnet", "integrated_gradients",
                  "gradient_shap", "smoothgrad"]
 RANDOM = {"gradient_shap": {"n_samples": 5, "stdevs": 0.1}, "smoothgrad": {"n_samples": 4}}
-
-
-def have(name):
-    try:
-        backend_class(name)
-    except Exception:
-        return False
-    return True
-
-
-@pytest.fixture(params=[pytest.param("numpy"), *ALL])
-def bk(request, monkeypatch):
-    monkeypatch.setitem(registry._manual, "numpy", NumpyBackend)
-    if not have(request.param):
-        pytest.skip(f"the {request.param} backend is not available")
-    return request.param
-
-
-def build(backend, spec, seed=0):
-    return backend_class(backend).build(spec, random_weights(spec, seed))
-
-
-def rel(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 def explain(model, x, method, /, **kw):
