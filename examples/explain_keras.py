@@ -7,8 +7,9 @@ The polyviz calls are the same as in explain_torch.py; only the model and its la
 
 import sys
 
-import polyviz
 from _common import load_image, out_dir, vgg16
+
+import polyviz
 
 model, preprocess = vgg16("keras")
 image = load_image(sys.argv[1] if len(sys.argv) > 1 else None)  # HWC: Keras layout
