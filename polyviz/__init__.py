@@ -7,7 +7,7 @@ backends load their framework only when a model of theirs is used.
 
 from __future__ import annotations
 
-from polyviz import models
+from polyviz import datasets, models, render
 from polyviz.api import explain, methods
 from polyviz.errors import (
     BackendNotFoundError,
@@ -71,9 +71,11 @@ __all__ = [
     "TargetError",
     "WeightsNotFoundError",
     "available_backends",
+    "datasets",
     "explain",
     "methods",
     "models",
+    "render",
     "Explanation",
     "backend_for",
     "refresh",
