@@ -76,6 +76,7 @@ __all__ = [
     "methods",
     "models",
     "render",
+    "render",
     "Explanation",
     "backend_for",
     "refresh",

@@ -46,55 +46,74 @@ class Explanation:
             return a
         return a.sum(axis=0) if self.layout == "NCHW" else a.sum(axis=-1)
 
-    def render(self, index: int = 0, *, sign: str = "absolute", cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
-        """An (H, W, 3) uint8 picture: the heat map blended over the input image.
+    def _check_index(self, index: int) -> int:
+        from polyviz.errors import InputError
 
-        ``sign``: 'absolute' (|map|), 'positive', 'negative' or 'all' (signed, centred). Display
+        n = self.attribution.shape[0]
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -n <= index < n:
+            raise InputError(f"index: expected a sample index in [0, {n}), got {index!r}")
+        return int(index) % n
+
+    def attribution_hwc(self, index: int = 0) -> np.ndarray:
+        """Sample ``index``'s attribution channels-last: (H, W, C) for input-shaped attributions,
+        (H, W) for maps."""
+        a = self.attribution[self._check_index(index)]
+        if self.kind == "input" and self.layout == "NCHW":
+            return np.transpose(a, (1, 2, 0))
+        return a
+
+    def render(
+        self,
+        index: int = 0,
+        *,
+        style: str = "overlay",
+        sign: str | None = None,
+        cmap: Any = None,
+        alpha: float | None = None,
+        clip_percentile: float | None = None,
+        **options: Any,
+    ) -> np.ndarray:
+        """A uint8 picture of sample ``index`` (see :func:`polyviz.render.picture`).
+
+        ``style``: 'overlay' (default: the heat map blended over the input image, or the bare heat
+        map when the input is not kept), 'heatmap', 'masked', 'alpha', 'original', or for
+        input-shaped attributions 'gradient', 'grayscale', 'positive', 'negative'. ``sign`` ('absolute'
+        by default for the map styles: 'absolute', 'positive', 'negative' or 'all'), ``cmap``
+        (None: 'jet', or 'bwr' for sign 'all'), ``alpha`` (0.5 for 'overlay') and ``clip_percentile``
+        go to the style that takes them, as do further ``options`` (e.g. ``vmax``). Display
         normalisation happens here only; the stored values stay raw.
         """
-        from matplotlib import colormaps
+        from polyviz.render import picture
 
-        heat = self.heatmap(index).astype(np.float64)
-        if sign == "absolute":
-            heat = np.abs(heat)
-        elif sign == "positive":
-            heat = np.maximum(heat, 0)
-        elif sign == "negative":
-            heat = np.maximum(-heat, 0)
-        elif sign != "all":
-            from polyviz.errors import InputError
+        i = self._check_index(index)
+        given = {"sign": sign, "cmap": cmap, "alpha": alpha, "clip_percentile": clip_percentile}
+        opts = {k: v for k, v in given.items() if v is not None}
+        map_styles = ("overlay", "heatmap", "masked", "alpha")
+        if style in map_styles:
+            opts.setdefault("sign", "absolute")
+        if style == "grayscale" and "clip_percentile" not in opts:
+            opts["clip_percentile"] = 99.0  # pytorch-cnn-visualizations' default
+        image = None if self.inputs is None else self.inputs[i]
+        attribution = self.heatmap(i) if style in map_styles else self.attribution_hwc(i)
+        return picture(attribution, image, style=style, **opts, **options)
 
-            raise InputError(f"sign: expected 'absolute', 'positive', 'negative' or 'all', got {sign!r}")
-        if sign == "all":
-            scale = np.abs(heat).max()
-            norm = 0.5 + 0.5 * heat / scale if scale > 0 else np.full_like(heat, 0.5)
-        else:
-            top = heat.max()
-            norm = heat / top if top > 0 else np.zeros_like(heat)
-        colour = colormaps[cmap](norm)[..., :3]
-        if self.inputs is not None:
-            img = self.inputs[index].astype(np.float64)
-            if img.shape[-1] == 1:
-                img = np.repeat(img, 3, axis=-1)
-            img = img[..., :3]
-            span = img.max() - img.min()
-            img = (img - img.min()) / span if span > 0 else np.zeros_like(img)
-            colour = (1 - alpha) * img + alpha * colour
-        return (np.clip(colour, 0, 1) * 255).round().astype(np.uint8)
-
-    def save(self, path: str | Path, index: int = 0, **render_options: Any) -> Path:
-        """Write :meth:`render` of sample ``index`` as an image file (PNG by extension)."""
-        from PIL import Image
+    def save(self, path: str | Path, index: int = 0, **style: Any) -> Path:
+        """Write :meth:`render` of sample ``index`` (``style`` and options as there) as a PNG file,
+        or in the format of another image suffix PIL knows ('.jpg', ...)."""
+        from polyviz.render import save_png
 
         path = Path(path)
-        Image.fromarray(self.render(index, **render_options)).save(path)
+        picture = self.render(index, **style)
+        if path.suffix.lower() in ("", ".png"):
+            return save_png(picture, path)
+        from PIL import Image
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture[..., :3] if picture.shape[-1] == 4 else picture).save(path)
         return path
 
     def _repr_png_(self) -> bytes:
-        import io
+        """Notebooks show an explanation as :meth:`render` of its first sample."""
+        from polyviz.render import png_bytes
 
-        from PIL import Image
-
-        buf = io.BytesIO()
-        Image.fromarray(self.render(0)).save(buf, format="PNG")
-        return buf.getvalue()
+        return png_bytes(self.render(0))
