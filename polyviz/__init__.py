@@ -76,7 +76,6 @@ __all__ = [
     "methods",
     "models",
     "render",
-    "render",
     "Explanation",
     "backend_for",
     "refresh",
