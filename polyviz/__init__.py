@@ -20,6 +20,15 @@ from polyviz.errors import (
     WeightsNotFoundError,
 )
 from polyviz.explanation import Explanation
+from polyviz.optimisation import (
+    OptimisationResult,
+    adversarial,
+    class_model,
+    deep_dream,
+    invert,
+    visualize_filter,
+)
+from polyviz.inspect import activations, filters, summary
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     DECONVNET,
@@ -73,12 +82,21 @@ __all__ = [
     "available_backends",
     "datasets",
     "explain",
+    "activations",
+    "filters",
+    "summary",
     "methods",
     "models",
     "render",
     "Explanation",
     "backend_for",
     "refresh",
+    "OptimisationResult",
+    "visualize_filter",
+    "class_model",
+    "deep_dream",
+    "invert",
+    "adversarial",
 ]
 
 
