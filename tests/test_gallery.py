@@ -136,6 +136,16 @@ def test_gallery_errors(tmp_path, kwargs, match):
         R.write_gallery(tmp_path, **args)
 
 
+def test_html_table():
+    got = R.html_table(["method", "agreement", "pointing"], [["Grad-CAM", 0.99871, None], ["<b>", np.float32(0.5), 3]], caption="c")
+    assert got == (
+        "<table>\n<caption>c</caption>\n<tr><th>method</th><th>agreement</th><th>pointing</th></tr>\n"
+        "<tr><td>Grad-CAM</td><td>0.999</td><td>&mdash;</td></tr>\n<tr><td>&lt;b&gt;</td><td>0.5</td><td>3</td></tr>\n</table>"
+    )
+    with pytest.raises(InputError, match=r"rows\[0\]"):
+        R.html_table(["a", "b"], [[1]])
+
+
 def test_gallery_out_dir_that_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(InputError, match="out_dir"):

@@ -6,7 +6,7 @@ Single pictures (:mod:`~polyviz.render.images`): :func:`heatmap`, :func:`overlay
 Colour (:mod:`~polyviz.render.colour`): sign selection, percentile clipping, :func:`normalise`,
 :func:`colormap`. Composites: :func:`figure` (panels with row/column titles), :func:`colorbar`,
 :func:`activation_grid`, :func:`filter_grid`. Output: :func:`save_png`, :func:`png_bytes`,
-:func:`write_gallery` (an HTML page of PNGs).
+:func:`write_gallery` (an HTML page of PNGs) with :func:`html_table`.
 
 Inputs are numpy arrays (framework tensors are converted): maps (H, W), attributions (H, W, C)
 channels-last, images uint8 or float in any range. Outputs are uint8 (H, W, 3) unless said.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from polyviz.render.colour import SIGNS, apply_cmap, colormap, default_cmap, normalise, select_sign, to_uint8
 from polyviz.render.figures import colorbar, figure, upscale
-from polyviz.render.gallery import write_gallery
+from polyviz.render.gallery import html_table, write_gallery
 from polyviz.render.grids import activation_grid, filter_grid, tile
 from polyviz.render.images import (
     alpha_scaled,
@@ -46,6 +46,7 @@ __all__ = [
     "gradient_image",
     "grayscale",
     "heatmap",
+    "html_table",
     "masked_image",
     "normalise",
     "original",

@@ -25,7 +25,7 @@ from polyviz.render._check import as_picture
 from polyviz.render.io import save_png
 from polyviz.render.text import _check_text
 
-__all__ = ["write_gallery", "STATUS_ID"]
+__all__ = ["write_gallery", "html_table", "STATUS_ID"]
 
 STATUS_ID = "polyviz-status"
 
@@ -87,6 +87,39 @@ def _cells(cell: Any, subcolumns: list[str] | None, name: str) -> list[Any]:
             f"{name}: expected one entry per sub-column {subcolumns} (a list or a dict), got {type(cell).__name__}"
         )
     return list(cell)
+
+
+def html_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    caption: str | None = None,
+    float_format: str = "{:.3g}",
+) -> str:
+    """A small escaped HTML table (e.g. per-method agreement and pointing-game accuracy) for
+    :func:`write_gallery`'s ``table_html``: floats through ``float_format``, None as a dash, anything
+    else through ``str``."""
+    head = _strings(header, "header")
+    if isinstance(rows, (str, np.ndarray)) or not isinstance(rows, Sequence):
+        raise InputError("rows: expected a list of rows, each a list of values")
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "&mdash;"
+        if isinstance(v, (float, np.floating)):
+            return html.escape(float_format.format(float(v)))
+        return html.escape(str(v))
+
+    out = ["<table>"]
+    if caption:
+        out.append(f"<caption>{html.escape(_check_text(caption, 'caption'))}</caption>")
+    out.append("<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+    for r, row in enumerate(rows):
+        if isinstance(row, str) or not isinstance(row, Sequence) or len(row) != len(head):
+            raise InputError(f"rows[{r}]: expected {len(head)} values, one per header, got {row!r:.80}")
+        out.append("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
 
 
 def _display_width(width: int, image_width: int | None) -> int:
