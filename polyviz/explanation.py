@@ -91,8 +91,6 @@ class Explanation:
         map_styles = ("overlay", "heatmap", "masked", "alpha")
         if style in map_styles:
             opts.setdefault("sign", "absolute")
-        if style == "grayscale" and "clip_percentile" not in opts:
-            opts["clip_percentile"] = 99.0  # pytorch-cnn-visualizations' default
         image = None if self.inputs is None else self.inputs[i]
         attribution = self.heatmap(i) if style in map_styles else self.attribution_hwc(i)
         return picture(attribution, image, style=style, **opts, **options)

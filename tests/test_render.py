@@ -106,6 +106,12 @@ def test_heatmap_accepts_a_colormap_object_and_h_w_1_maps():
     np.testing.assert_array_equal(R.heatmap(m, cmap=colormaps["magma"]), R.heatmap(V, cmap="magma"))
 
 
+def test_heatmap_size_resizes_the_raw_map():
+    big = R.heatmap(np.array([[0.0, 4.0]]), size=(3, 4), cmap=red_blue)
+    # bilinear with half-pixel centres: 0, 1, 3, 4 -> 0, .25, .75, 1 of the maximum
+    np.testing.assert_array_equal(big[..., 0], np.tile([0, 64, 191, 255], (3, 1)))
+
+
 # ---------------------------------------------------------------- overlay, masked, alpha, original
 
 
@@ -486,6 +492,8 @@ def test_explanation_render_end_to_end_on_every_backend(bk):
         (lambda: R.heatmap(V, clip_percentile=0), "clip_percentile"),
         (lambda: R.heatmap(V, clip_percentile=101), "clip_percentile"),
         (lambda: R.heatmap(V, vmax=-1), "vmax"),
+        (lambda: R.heatmap(V, size=(0, 3)), "size"),
+        (lambda: R.alpha_scaled(np.zeros((2, 2, 3)), V, background="white"), "background"),
         (lambda: R.heatmap(V, cmap="jte"), "cmap.*jet"),
         (lambda: R.heatmap(V, cmap=lambda v: v), "cmap"),
         (lambda: R.heatmap(V, cmap=3), "cmap"),

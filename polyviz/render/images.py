@@ -40,6 +40,16 @@ def resize_map(map2d: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((int(shape[1]), int(shape[0])), Image.Resampling.BILINEAR), dtype=np.float64)
 
 
+def _size(size: Any) -> tuple[int, int]:
+    if (
+        not isinstance(size, (tuple, list))
+        or len(size) != 2
+        or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise InputError(f"size: expected (height, width) in pixels, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
 def _map_for(image01: np.ndarray, map2d: Any) -> np.ndarray:
     m = as_map(map2d, "map2d")
     return resize_map(m, image01.shape[:2])
@@ -52,10 +62,14 @@ def heatmap(
     cmap: Cmap = None,
     clip_percentile: float | None = None,
     vmax: float | None = None,
+    size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The map as a colour picture: :func:`~polyviz.render.colour.normalise` then the colour map
-    (``cmap`` None: 'jet', or 'bwr' for ``sign='all'``). (H, W) in, uint8 (H, W, 3) out."""
+    (``cmap`` None: 'jet', or 'bwr' for ``sign='all'``). (H, W) in, uint8 (H, W, 3) out, or
+    ``size`` = (height, width) out: the raw map is resized bilinearly first (e.g. a 7x7 CAM to 224x224)."""
     m = as_map(map2d, "map2d")
+    if size is not None:
+        m = resize_map(m, _size(size))
     return to_uint8(colormap(cmap, sign)(normalise(m, sign, clip_percentile, vmax)))
 
 
@@ -112,10 +126,14 @@ def _one_signed(sign: str) -> str:
     return "absolute" if sign == "all" else sign
 
 
-def _fill(fill: Any) -> np.ndarray:
-    arr = np.asarray(fill, dtype=np.float64) if not isinstance(fill, str) else np.array([np.nan])
+def _fill(fill: Any, name: str = "fill") -> np.ndarray:
+    """A grey level or an RGB triple in [0, 1], as float64 of shape () or (3,)."""
+    try:
+        arr = np.asarray(fill, dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = np.full(2, np.nan)
     if arr.shape not in ((), (3,)) or not np.all((arr >= 0) & (arr <= 1)):
-        raise InputError(f"fill: expected a grey level or an RGB triple in [0, 1], got {fill!r}")
+        raise InputError(f"{name}: expected a grey level or an RGB triple in [0, 1], got {fill!r}")
     return arr
 
 
@@ -137,7 +155,7 @@ def alpha_scaled(
     w = normalise(m, _one_signed(sign), clip_percentile, vmax)
     if background is None:
         return np.concatenate([to_uint8(img), to_uint8(w)[..., None]], axis=-1)
-    bg = _fill(background)
+    bg = _fill(background, "background")
     return to_uint8(img * w[..., None] + bg * (1.0 - w[..., None]))
 
 
