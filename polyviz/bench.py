@@ -37,8 +37,10 @@ __all__ = ["BenchRow", "run_bench", "markdown", "DEFAULT_METHODS", "QUICK_METHOD
 
 DEFAULT_METHODS = (
     "saliency", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad",
-    "gradcam", "gradcam_plus_plus", "layercam", "scorecam", "occlusion",
+    "gradcam", "gradcam_plus_plus", "layercam", "scorecam", "occlusion", "optimisation_step",
 )
+#: Not an explain() method: one step of polyviz.class_model (Fourier image, transforms, Adam).
+OPTIMISATION_STEP = "optimisation_step"
 QUICK_METHODS = ("saliency", "gradcam", "occlusion")
 
 
@@ -146,7 +148,7 @@ def _floors(backend: Backend, x: np.ndarray, target: np.ndarray, layer: str, bat
 
 
 def _floor_for(method: str, floors: dict[str, Callable[[], Any]]) -> str:
-    if method in ("saliency", "input_x_gradient", "guided_backprop", "deconvnet"):
+    if method in ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", OPTIMISATION_STEP):
         return "forward+input backward"
     if method == "integrated_gradients":
         return "50 x forward+input backward (batched)"
@@ -198,6 +200,10 @@ def run_bench(
             return explain(model, layout_x, method, target=target, layer=layer if method not in ("saliency",) else None,
                            batch_size=batch_size, progress=False, preprocess=preprocess, **options)
 
+        if method == OPTIMISATION_STEP:
+            from polyviz.optimisation.maximise import step_runner
+
+            run = step_runner(backend, x, target)
         median, best = _time(run, repeat)
         peak = _peak_rss_mib(run)
         floor = _floor_for(method, floors)

@@ -249,3 +249,24 @@ def class_model(
         clip_norm=clip_norm, clip_contribution=clip_contribution, normalize_gradient=normalize_gradient, seed=seed,
         progress=progress, callback=callback, batch_size=batch_size, extra={"target": targets.tolist()},
     )
+
+
+def step_runner(be: Backend, x: np.ndarray, target: Sequence[int]) -> Callable[[], object]:
+    """One step of :func:`class_model` with its defaults for a batch shaped like ``x`` (for the
+    benchmark: its floor is one forward and input backward of that batch)."""
+    targets = np.asarray(target, np.int64)
+    n, h, w, c = x.shape
+    p = make_param("fourier", (n, h, w, c))
+    auto = default_robustness((h, w, c), 1.0, max(h, w))
+    rob = Robustness(auto["jitter"], auto["scale"], auto["rotate"], auto["crop"])
+    rng = np.random.default_rng(0)
+    state = {"z": p.init(rng), "opt": make_optimizer("adam", DEFAULT_LR[("fourier", "adam")])}
+
+    def objective_for(sl: slice) -> Objective:
+        return ClassScore(targets[sl].tolist())
+
+    def run() -> None:
+        state["z"], _ = optimise(be, objective_for, p, state["z"], steps=1, optimizer=state["opt"], rng=rng,
+                                 robustness=rob, progress=False)
+
+    return run
