@@ -267,6 +267,13 @@ class KerasBackend(Backend):
         return vgg(name, weights)
 
     @classmethod
+    def load_model(cls, source: Any, weights: Any = None) -> Any:
+        """A model saved with ``model.save(path)`` (``.keras``, legacy ``.h5``)."""
+        from polyviz_keras._load import load_model
+
+        return load_model(source, weights)
+
+    @classmethod
     def state_fingerprint(cls, model: Any) -> dict[str, Any]:
         from polyviz_keras._build import state_fingerprint
 

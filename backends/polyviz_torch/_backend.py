@@ -206,6 +206,20 @@ class TorchBackend(Backend):
         return vgg(name, weights)
 
     @classmethod
+    def load_model(cls, source: Any, weights: Any = None) -> Any:
+        """A model from a file (``torch.save(model)`` pickle or TorchScript) or a torchvision name."""
+        from polyviz_torch._load import load_model
+
+        return load_model(source, weights)
+
+    @classmethod
+    def imagenet_categories(cls) -> list[str]:
+        """ImageNet's 1000 class names, as torchvision ships them (no download)."""
+        from polyviz_torch._load import imagenet_categories
+
+        return imagenet_categories()
+
+    @classmethod
     def state_fingerprint(cls, model: Any) -> dict[str, Any]:
         from polyviz_torch._state import state_fingerprint
 

@@ -1,0 +1,243 @@
+"""Every method on the same images in several frameworks: the explanations, how far the frameworks
+agree, how often each map points at the object, and the gallery page that shows them side by side.
+
+Used by ``polyviz demo``, ``polyviz gallery`` and ``polyviz crosscheck``. Agreement is the relative
+L2 distance of the raw ``.attribution`` arrays, ``||a - b|| / max(||a||, ||b||)``. The pointing
+game (Zhang et al. 2016, "Top-down Neural Attention by Excitation Backprop", arXiv:1608.00507)
+counts a hit when the maximum of the map's magnitude lies inside the ground-truth object mask
+(here with no tolerance margin); input-shaped attributions are reduced to a map by summing
+``|attribution|`` over the channels.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from polyviz.api import explain
+from polyviz.api import methods as all_methods
+from polyviz.errors import InputError, PolyvizError, did_you_mean
+
+__all__ = ["Run", "attribution_methods", "parse_methods", "run_methods", "relative_l2", "pointing_hits",
+           "summary_rows", "text_table", "html_table", "gallery_rows", "FAST_OPTIONS"]
+
+#: Options that keep the demo fast on a CPU (64x64 images): fewer samples/steps than the defaults.
+FAST_OPTIONS: dict[str, dict[str, Any]] = {
+    "smoothgrad": {"n_samples": 16},
+    "gradient_shap": {"n_samples": 16},
+    "integrated_gradients": {"n_steps": 32},
+    "occlusion": {"window": (12, 12), "stride": (6, 6)},
+}
+
+
+def attribution_methods() -> list[str]:
+    """The registered methods that return attributions (input-shaped or maps)."""
+    return [name for name, info in all_methods().items() if info["kind"] in ("input", "map")]
+
+
+def parse_methods(text: str | Sequence[str] | None) -> list[str]:
+    """'all' / None -> every attribution method; else comma-separated names (did-you-mean on typos)."""
+    known = attribution_methods()
+    if text is None or text == "all" or text == ["all"]:
+        return known
+    names = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
+    if not names:
+        raise InputError("methods: expected comma-separated method names (see `polyviz methods`)")
+    for m in names:
+        if m not in known:
+            raise InputError(f"methods: unknown method {m!r}.{did_you_mean(m, known)} See `polyviz methods`.")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class Run:
+    """One method in one framework: its explanation (None if skipped), why it was skipped, seconds."""
+
+    method: str
+    backend: str
+    explanation: Any = None
+    skipped: str = ""
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).split(". ")[0].rstrip(".")
+    return text[:160]
+
+
+def run_methods(
+    models: dict[str, Any],
+    x: np.ndarray,
+    method_names: Sequence[str],
+    *,
+    target: Any = None,
+    layers: dict[str, str | None] | None = None,
+    preprocess: dict[str, Any] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[tuple[str, str], Run]:
+    """Run every method on ``x`` (N, H, W, C in [0, 1]) in every ``models[backend]``; a method that
+    does not apply to a model (a missing capability, no GAP head for CAM...) is skipped with its
+    reason. Targets default to the first framework's prediction, so every framework explains the
+    same class. Returns {(method, backend): Run}."""
+    layers = layers or {}
+    preprocess = preprocess or {}
+    options = options or {}
+    runs: dict[tuple[str, str], Run] = {}
+    jobs = [(m, b) for m in method_names for b in models]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(jobs), desc="methods", unit="run")
+    try:
+        for method, backend in jobs:
+            if bar is not None:
+                bar.set_postfix_str(f"{method} ({backend})")
+            run = Run(method, backend)
+            start = time.perf_counter()
+            try:
+                run.explanation = explain(
+                    models[backend], x, method, target=target, layer=layers.get(backend),
+                    preprocess=preprocess.get(backend), batch_size=batch_size, seed=seed, progress=False,
+                    layout="NHWC", **options.get(method, {}),
+                )
+            except PolyvizError as exc:
+                run.skipped = _reason(exc)
+            run.seconds = time.perf_counter() - start
+            if target is None and run.explanation is not None:
+                target = run.explanation.target  # the others explain the same class
+            runs[(method, backend)] = run
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return runs
+
+
+def relative_l2(a: np.ndarray, b: np.ndarray) -> float:
+    """``||a - b|| / max(||a||, ||b||)`` in float64 (0 when both are zero)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(np.linalg.norm(a), np.linalg.norm(b))
+    return float(np.linalg.norm(a - b) / scale) if scale > 0 else 0.0
+
+
+def magnitude_maps(explanation: Any) -> np.ndarray:
+    """(N, H, W) magnitude maps: |map|, or the sum of |attribution| over channels."""
+    a = np.abs(np.asarray(explanation.attribution, np.float64))
+    if a.ndim == 3:
+        return a
+    return a.sum(axis=1) if explanation.layout == "NCHW" else a.sum(axis=-1)
+
+
+def pointing_hits(explanation: Any, masks: np.ndarray) -> np.ndarray:
+    """(N,) bool: the maximum of each sample's magnitude map lies inside its mask."""
+    maps = magnitude_maps(explanation)
+    masks = np.asarray(masks, bool)
+    if maps.shape != masks.shape:
+        raise InputError(f"masks: expected shape {maps.shape}, got {masks.shape}")
+    flat = maps.reshape(len(maps), -1).argmax(axis=1)
+    return masks.reshape(len(masks), -1)[np.arange(len(maps)), flat]
+
+
+def summary_rows(
+    runs: dict[tuple[str, str], Run], method_names: Sequence[str], backends: Sequence[str],
+    masks: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
+    """Per method: agreement between the first two frameworks, pointing hits per framework, seconds."""
+    rows = []
+    for m in method_names:
+        row: dict[str, Any] = {"method": m, "agreement": None, "skipped": {}, "pointing": {}, "seconds": {}}
+        done = {b: runs[(m, b)] for b in backends if runs[(m, b)].explanation is not None}
+        for b in backends:
+            run = runs[(m, b)]
+            row["seconds"][b] = run.seconds
+            if run.explanation is None:
+                row["skipped"][b] = run.skipped
+            elif masks is not None:
+                row["pointing"][b] = pointing_hits(run.explanation, masks)
+        if len(backends) >= 2 and backends[0] in done and backends[1] in done:
+            row["agreement"] = relative_l2(done[backends[0]].explanation.attribution,
+                                           done[backends[1]].explanation.attribution)
+        rows.append(row)
+    return rows
+
+
+def _cells(row: dict[str, Any], backends: Sequence[str], n: int | None) -> list[str]:
+    cells = [row["method"]]
+    if len(backends) >= 2:
+        cells.append("-" if row["agreement"] is None else f"{row['agreement']:.1e}")
+    if n is not None:
+        for b in backends:
+            hits = row["pointing"].get(b)
+            cells.append("-" if hits is None else f"{int(hits.sum())}/{n} ({hits.mean():.0%})")
+    for b in backends:
+        cells.append("skipped" if b in row["skipped"] else f"{row['seconds'][b]:.2f}")
+    return cells
+
+
+def _header(backends: Sequence[str], n: int | None) -> list[str]:
+    head = ["method"]
+    if len(backends) >= 2:
+        head.append(f"{backends[0]} vs {backends[1]} (rel. L2)")
+    if n is not None:
+        head += [f"pointing {b}" for b in backends]
+    head += [f"time {b} (s)" for b in backends]
+    return head
+
+
+def text_table(rows: list[dict[str, Any]], backends: Sequence[str], n: int | None = None) -> str:
+    """A Markdown table of :func:`summary_rows` (``n``: images in the pointing game, None: no
+    pointing columns), with a line per skipped method giving the reason."""
+    head = _header(backends, n)
+    body = [_cells(r, backends, n) for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body]
+    for r in rows:
+        for b, why in r["skipped"].items():
+            out.append(f"skipped: {r['method']} ({b}): {why}")
+    return "\n".join(out)
+
+
+def html_table(rows: list[dict[str, Any]], backends: Sequence[str], n: int | None = None) -> str:
+    """The same table as HTML for the gallery page."""
+    from polyviz.render import html_table as table
+
+    caption = "agreement between frameworks" + (", pointing game against the object masks" if n else "") + ", time"
+    return table(_header(backends, n), [_cells(r, backends, n) for r in rows], caption=caption)
+
+
+def gallery_rows(
+    runs: dict[tuple[str, str], Run], method_names: Sequence[str], backends: Sequence[str], n: int,
+    images: np.ndarray, masks: np.ndarray | None = None, style: dict[str, Any] | None = None,
+) -> list[tuple[str, list[Any]]]:
+    """Rows for :func:`polyviz.render.write_gallery`: the images (and masks), then one row per method
+    with a {backend: picture or 'skipped: reason'} cell per image."""
+    from polyviz.render import original
+
+    style = style or {}
+    rows: list[tuple[str, list[Any]]] = [("input", [original(images[i], value_range=(0, 1)) for i in range(n)])]
+    if masks is not None:
+        rows.append(("object mask", [original(np.repeat(masks[i][..., None], 3, -1).astype(np.float32),
+                                              value_range=(0, 1)) for i in range(n)]))
+    for m in method_names:
+        cells = []
+        for i in range(n):
+            cell = {}
+            for b in backends:
+                run = runs[(m, b)]
+                cell[b] = run.explanation.render(i, **style) if run.explanation is not None else f"skipped: {run.skipped}"
+            if all(isinstance(v, str) for v in cell.values()) and len(set(cell.values())) == 1:
+                cell = next(iter(cell.values()))
+            cells.append(cell)
+        rows.append((m, cells))
+    return rows
