@@ -290,11 +290,15 @@ def test_adversarial_definition(small):
 
 @both_frameworks
 def test_same_seed_same_trajectory_in_torch_and_keras():
-    spec = vgg_spec([[8], [16, 16]], input_shape=(32, 32, 3), dense=(32,), classes=6)
-    weights = random_weights(spec, 7)
+    """A VGG16-pattern network (narrow) built in torch and converted to Keras with polyviz.models.convert:
+    the same seed gives the same start, and the first steps of every technique agree."""
+    spec = vgg_spec([[8, 8], [16, 16], [16, 16, 16]], input_shape=(32, 32, 3), dense=(32,), classes=6)
+    tmodel, tnames = backend_class("torch").build(spec, random_weights(spec, 7))
+    converted = polyviz.models.convert(tmodel, "keras")
+    models = {"torch": (tmodel, tnames), "keras": (converted.model, {k: converted.layer_map[v] for k, v in tnames.items()
+                                                                    if v in converted.layer_map})}
     runs = {}
-    for name in ("torch", "keras"):
-        model, names = backend_class(name).build(spec, weights)
+    for name, (model, names) in models.items():
         starts = []
         kw = dict(steps=3, size=32, progress=False, seed=11)
         vf = polyviz.visualize_filter(model, names["block2_conv2"], [0, 5, 9], **kw,
@@ -302,7 +306,7 @@ def test_same_seed_same_trajectory_in_torch_and_keras():
         cm = polyviz.class_model(model, [0, 3], **kw)
         x = np.random.default_rng(2).random((2, 32, 32, 3)).astype(np.float32)
         native = x.transpose(0, 3, 1, 2) if name == "torch" else x
-        dd = polyviz.deep_dream(model, native, names["block2_conv1"], octaves=2, steps=2, progress=False)
+        dd = polyviz.deep_dream(model, native, names["block3_conv1"], octaves=2, steps=2, progress=False)
         inv = polyviz.invert(model, native, names["block2_conv1"], steps=3, progress=False)
         runs[name] = (vf, cm, dd, inv, starts[0])
     (vt, ct, dt, it, st), (vk, ck, dk, ik, sk) = runs["torch"], runs["keras"]
