@@ -538,3 +538,8 @@ def test_render_is_exported_without_frameworks():
     code = "import sys, polyviz; polyviz.render.heatmap([[1.0]]); print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_framework_tensors_are_accepted():
+    torch = pytest.importorskip("torch")
+    np.testing.assert_array_equal(R.heatmap(torch.tensor(V, requires_grad=True)), R.heatmap(V))
