@@ -255,7 +255,11 @@ class KerasBackend(Backend):
         return build(spec, weights)
 
     @classmethod
-    def export(cls, model: Any) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    def export(
+        cls, model: Any, *, input_shape: tuple[int, int, int] | None = None
+    ) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+        """Read a VGG-style Keras model as (NetworkSpec, canonical weights, names); ``input_shape``
+        is accepted for symmetry with torch and unused (a Keras model records its input shape)."""
         from polyviz_keras._build import export
 
         return export(model)

@@ -295,8 +295,17 @@ def export(model: nn.Module, input_shape: tuple[int, int, int] | None = None) ->
             out_size = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
             if any(s is None for s in out_size):
                 raise ModelError(f"model: module {path!r} (AdaptiveAvgPool2d) has a None output size")
-            name = "avgpool"
-            layers.append(LayerSpec("adaptive_avgpool2d", name, {"output_size": out_size}))
+            following = leaves[k + 1][1] if k + 1 < len(leaves) else None
+            if out_size == (1, 1) and isinstance(following, nn.Flatten | nn.Linear):
+                # pooling to 1x1 then flattening is global average pooling (a GAP head, as CAM needs)
+                name = "gap"
+                layers.append(LayerSpec("global_avgpool", name))
+                if isinstance(following, nn.Flatten):
+                    k += 1
+                    path = leaves[k][0]
+            else:
+                name = "avgpool"
+                layers.append(LayerSpec("adaptive_avgpool2d", name, {"output_size": out_size}))
         elif isinstance(module, nn.Flatten):
             if module.start_dim != 1 or module.end_dim != -1:
                 raise ModelError(f"model: module {path!r} (Flatten) must flatten from dim 1")

@@ -25,19 +25,24 @@ class Converted(NamedTuple):
     layer_map: dict[str, str]
 
 
-def convert(model: Any, to: str, *, backend: str | None = None) -> Converted:
+def convert(
+    model: Any, to: str, *, backend: str | None = None, input_shape: tuple[int, int, int] | None = None
+) -> Converted:
     """Convert a VGG-style ``model`` (conv, ReLU, max-pool, flatten, dense, dropout) to framework
     ``to`` ("keras" or "torch"). Returns the new model and the map of layer names.
 
     A softmax head is dropped when converting to torch (torch models output logits); polyviz's
     Keras backend scores pre-softmax logits by default, so attributions agree either way.
+    ``input_shape`` (H, W, C): the input size, for a source that does not record one (a torch
+    module is probed at 224 px, or the size its first dense layer implies, by default).
     """
     source = backend_class(backend) if backend is not None else detect(model)
     target = backend_class(to)
     for cls in (source, target):
         if Capability.BUILD not in cls.capabilities:
             raise InputError(f"to: backend {cls.name!r} cannot build or export models (no 'build' capability)")
-    spec, weights, source_names = source.export(model)
+    spec, weights, source_names = (source.export(model) if input_shape is None
+                                   else source.export(model, input_shape=tuple(input_shape)))
     new_model, target_names = target.build(spec, weights)
     layer_map = {
         source_names[layer.name]: target_names[layer.name]
