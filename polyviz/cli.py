@@ -421,8 +421,13 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
 # ---- polyviz summary / methods ----------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
     from polyviz.inspect import summary
+    from polyviz.loading import load_model
 
-    lm = _load_user_model(args)
+    if args.model.lower() in ("vgg16", "vgg19") and args.weights is None:
+        # the architecture needs no ImageNet download: seeded weights, same layers and counts
+        lm = load_model(args.model.lower(), args.backend, None, size=args.size, seed=0)
+    else:
+        lm = _load_user_model(args)
     h, w = lm.size
     summary(lm.model, input_shape=(h, w, 3), print_table=True)
     return 0

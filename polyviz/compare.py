@@ -236,8 +236,8 @@ def gallery_rows(
             for b in backends:
                 run = runs[(m, b)]
                 cell[b] = run.explanation.render(i, **style) if run.explanation is not None else f"skipped: {run.skipped}"
-            if all(isinstance(v, str) for v in cell.values()) and len(set(cell.values())) == 1:
-                cell = next(iter(cell.values()))
+            if len(backends) == 1 or (all(isinstance(v, str) for v in cell.values()) and len(set(cell.values())) == 1):
+                cell = next(iter(cell.values()))  # one framework, or the same reason in all: one cell
             cells.append(cell)
         rows.append((m, cells))
     return rows

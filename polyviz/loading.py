@@ -86,7 +86,8 @@ def load_model(
 ) -> LoadedModel:
     """Load ``name`` (see the module docstring) in ``backend`` (default: the file's framework, or
     torch when installed). ``size``: input pixels for models that do not fix one (default 224).
-    ``seed``: VGG with numpy-drawn weights at ``size`` instead of ImageNet weights."""
+    ``seed``: VGG with numpy-drawn weights instead of ImageNet weights (at another ``size`` than
+    224, VGG's convolutions with a 512-unit dense head)."""
     from polyviz import models
 
     if not isinstance(name, str) or not name:
@@ -104,7 +105,10 @@ def load_model(
         return LoadedModel(model, b, "demo", (64, 64), None, list(models.DEMO_CLASSES), names, (spec, w))
     if key in ("vgg16", "vgg19"):
         b = _installed(backend)
-        if seed is not None:
+        if seed is not None and size in (None, 224):
+            model = models.vgg16(b, seed=int(seed)) if key == "vgg16" else models.vgg19(b, seed=int(seed))
+            return LoadedModel(model, b, f"{key} (seeded random weights)", (224, 224), None, imagenet_names())
+        if seed is not None:  # VGG's convolutions at another size, with a 512-unit head
             from polyviz.models.spec import VGG_CONFIGS, random_weights, vgg_spec
 
             px = int(size or 224)

@@ -102,6 +102,17 @@ def test_summary_demo(backend, weights, capsys):
     assert "(None, 8, 8, 64)" in out  # block5 works at 8x8
 
 
+@pytest.mark.skipif("torch" not in INSTALLED, reason="torch is not installed")
+def test_summary_torchvision_name(capsys):
+    """A torchvision model by name: ResNet-18 has 11,689,512 parameters (torchvision's model card)."""
+    assert main(["summary", "resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 11,689,512" in out and "layer4.1.conv2 (Conv2d)" in out and "(None, 7, 7, 512)" in out
+    assert "layer4 (Sequential)" not in out  # containers are not rows
+    assert main(["summary", "resnet81"]) == 2
+    assert "Did you mean" in error_line(capsys)
+
+
 # ---- polyviz demo -------------------------------------------------------------------------------
 @both_frameworks
 def test_demo_end_to_end(tmp_path, weights, capsys):
@@ -290,6 +301,17 @@ def test_gallery_both_frameworks(tmp_path, weights, images, capsys):
     assert float(rows["saliency"][0]) < 5e-2
     html = (out_dir / "index.html").read_text()
     assert html.count("<img") == 3 + 2 * 3 * 2 and "img2.png" in html
+
+
+@pytest.mark.parametrize("backend", INSTALLED)
+def test_gallery_one_framework(backend, tmp_path, weights, images, capsys):
+    folder, _ = images
+    out_dir = tmp_path / "g"
+    assert main(["gallery", str(folder / "img1.png"), "--model", "demo", "--weights", weights, "--backend", backend,
+                 "--methods", "eigencam", "--out", str(out_dir), "--no-progress"]) == 0
+    assert "| eigencam" in capsys.readouterr().out
+    html = (out_dir / "index.html").read_text()
+    assert html.count("<img") == 2 and backend not in html.split("<tbody>")[0]  # no sub-columns
 
 
 @both_frameworks
