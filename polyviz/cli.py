@@ -293,13 +293,14 @@ def _resolve_layer(lm: Any, be: Any, layer: str | None) -> str | None:
 def cmd_explain(args: argparse.Namespace) -> int:
     from polyviz.api import explain, predict
     from polyviz.compare import parse_methods
-    from polyviz.loading import load_images
+    from polyviz.loading import image_files, load_images
     from polyviz.registry import backend_for
 
     methods = parse_methods(args.method)
     target = _target(args.target)
     if args.backend is not None:
         _backends(args.backend)
+    image_files(args.images)  # missing files fail before a model is loaded
     lm = _load_user_model(args)
     files, x = load_images(args.images, lm.size)
     be = backend_for(lm.model, preprocess=lm.preprocess)
@@ -335,12 +336,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # ---- polyviz gallery ----------------------------------------------------------------------------
 def cmd_gallery(args: argparse.Namespace) -> int:
     from polyviz import compare
-    from polyviz.loading import load_images
+    from polyviz.loading import image_files, load_images
     from polyviz.render import write_gallery
 
     methods = compare.parse_methods(_methods_text(args))
     target = _target(args.target)
     backends = _backends(args.backend) if args.backend else None
+    image_files(args.images)  # missing files fail before a model is loaded
     lm = _load_user_model(args, backends[0] if backends and args.model.lower() in ("demo", "vgg16", "vgg19") else None)
     backends = backends or [lm.backend]
     if lm.backend not in backends:
@@ -459,9 +461,11 @@ def _model_options(p: argparse.ArgumentParser, default: str | None = "demo", siz
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyviz", description="See what a convolutional network sees.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command name works too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="every method on demo images in every framework: HTML gallery and table")
+    demo = sub.add_parser("demo", parents=[common], help="every method on demo images in every framework: HTML gallery and table")
     demo.add_argument("--out", default="polyviz-demo", help="output folder (default ./polyviz-demo)")
     demo.add_argument("--backend", default=None, help="comma-separated backends (default: every installed one)")
     demo.add_argument("--images", type=int, default=6, help="number of demo images (default 6)")
@@ -472,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     demo.set_defaults(func=cmd_demo)
 
-    ex = sub.add_parser("explain", help="explain images with a model: PNG per image and method, top-5 classes")
+    ex = sub.add_parser("explain", parents=[common], help="explain images with a model: PNG per image and method, top-5 classes")
     ex.add_argument("images", nargs="+", help="image files and folders")
     _model_options(ex)
     ex.add_argument("--backend", default=None, help="torch or keras (default: the file's framework, else torch)")
@@ -485,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--no-progress", action="store_true", help="no progress bars")
     ex.set_defaults(func=cmd_explain)
 
-    ga = sub.add_parser("gallery", help="the demo's page for your model and images")
+    ga = sub.add_parser("gallery", parents=[common], help="the demo's page for your model and images")
     ga.add_argument("images", nargs="+", help="image files and folders")
     _model_options(ga)
     ga.add_argument("--backend", default=None, help="comma-separated backends; a model is converted to the others")
@@ -498,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--no-progress", action="store_true", help="no progress bars")
     ga.set_defaults(func=cmd_gallery)
 
-    cc = sub.add_parser("crosscheck", help="convert a model to the other framework, run every method in both, compare")
+    cc = sub.add_parser("crosscheck", parents=[common], help="convert a model to the other framework, run every method in both, compare")
     _model_options(cc, default="vgg16", size_default=32)
     cc.add_argument("--backend", default=None, help="the source framework (default: the file's, else torch)")
     cc.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
@@ -512,19 +516,19 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--no-progress", action="store_true", help="no progress bars")
     cc.set_defaults(func=cmd_crosscheck)
 
-    sm = sub.add_parser("summary", help="the layer table of a model (name, type, output shape, parameters)")
+    sm = sub.add_parser("summary", parents=[common], help="the layer table of a model (name, type, output shape, parameters)")
     sm.add_argument("model", help="demo, vgg16, vgg19, a model file or a torchvision name")
     sm.add_argument("--backend", default=None, help="torch or keras")
     sm.add_argument("--weights", default=None, help="weights file")
     sm.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, else 224)")
     sm.set_defaults(func=cmd_summary)
 
-    me = sub.add_parser("methods", help="every method, what it returns and what it needs")
+    me = sub.add_parser("methods", parents=[common], help="every method, what it returns and what it needs")
     me.set_defaults(func=cmd_methods)
 
-    info = sub.add_parser("info", help="installed backends, their versions and capabilities")
+    info = sub.add_parser("info", parents=[common], help="installed backends, their versions and capabilities")
     info.set_defaults(func=cmd_info)
-    bench = sub.add_parser("bench", help="time every method against its floor (and the peers with --peers)")
+    bench = sub.add_parser("bench", parents=[common], help="time every method against its floor (and the peers with --peers)")
     bench.add_argument("--backend", default="torch,keras", help="comma-separated backends (default torch,keras)")
     bench.add_argument("--methods", default="", help="comma-separated methods (default: the main ones)")
     bench.add_argument("--model", default="vgg16", help="vgg16 (seeded random weights)")

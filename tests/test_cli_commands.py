@@ -249,6 +249,8 @@ def test_explain_image_errors(tmp_path, weights, capsys):
 def test_debug_shows_the_exception(tmp_path, weights):
     with pytest.raises(PolyvizError, match="images: no such file"):
         main(["--debug", "explain", str(tmp_path / "missing.png"), "--model", "demo", "--weights", weights])
+    with pytest.raises(PolyvizError, match="images: no such file"):  # after the command name too
+        main(["explain", str(tmp_path / "missing.png"), "--debug"])
 
 
 @pytest.mark.parametrize("backend", INSTALLED)
