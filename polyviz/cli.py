@@ -197,7 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from polyviz.loading import load_model
     from polyviz.render import figure, save_png, write_gallery
 
-    t0 = time.perf_counter()
+    t0 = getattr(args, "started", time.perf_counter())
     backends = _backends(args.backend)
     methods = compare.parse_methods(_methods_text(args))
     if args.images < 1:
@@ -244,7 +244,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(table)
     print(f"model accuracy on these images: {acc}")
     print(f"gallery: {page}  (figures: {', '.join(str(out / f'figure_{b}.png') for b in backends)})")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
+    print(f"done in {time.perf_counter() - t0:.1f} s (frameworks loaded, models built, every method run, pages written)")
     return 0
 
 
@@ -554,15 +554,54 @@ def _torch_first() -> None:
         pass
 
 
+def _uses_keras(args: argparse.Namespace) -> bool:
+    """Whether the command will drive a Keras model (so TensorFlow is loaded up front, quietly)."""
+    from polyviz.loading import MODEL_SUFFIXES
+
+    if args.command in ("info", "methods", "bench"):
+        return False
+    backend = getattr(args, "backend", None)
+    if backend:
+        return "keras" in [b.strip() for b in backend.split(",")]
+    if args.command in ("demo", "crosscheck"):
+        return True
+    model = str(getattr(args, "model", "") or "")
+    return MODEL_SUFFIXES.get(Path(model).suffix.lower()) == "keras"
+
+
+def _load_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 closed: its C++ start-up lines (absl, oneDNN) ignore
+    TF_CPP_MIN_LOG_LEVEL and would bury the command's output. Python errors still propagate."""
+    import os
+
+    from polyviz.registry import backend_class
+
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        backend_class("keras").framework_version()
+    except Exception:  # noqa: S110 - not installed or broken: the command reports it when it needs keras
+        pass
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our output
+    started = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started
     try:
         if args.command not in ("info", "methods"):
             _torch_first()
+        if _uses_keras(args) and "tensorflow" not in sys.modules:
+            _load_tensorflow_quietly()
         return int(args.func(args))
     except PolyvizError as exc:
         if args.debug:
