@@ -336,3 +336,17 @@ def test_crosscheck_vgg16_seeded(capsys):
     assert main(["crosscheck", "--methods", "gradcam", "--images", "1", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "vgg16 with seeded random weights" in out and "features.29 / block5_conv3" in out
+
+
+@both_frameworks
+def test_error_is_exactly_one_line_in_a_fresh_process(tmp_path):
+    """In a real process, with both frameworks loading: stderr holds our one line and nothing else
+    (TensorFlow's C++ start-up lines are kept off it), exit code 2."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "polyviz.cli", "demo", "--methods", "gradcam,scorcam",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("polyviz: error: methods: unknown method 'scorcam'. Did you mean 'scorecam'")
