@@ -12,7 +12,8 @@ The ratio method / floor says how much a method adds on top of the passes it can
 ``--peers``, the same method in the peer libraries that are installed (Captum, pytorch-grad-cam,
 tf-keras-vis: each backend offers its own through ``Backend.peer_benchmarks``) is timed in the
 same run. Timing is wall-clock (``time.perf_counter``), median and min over ``repeat`` runs after
-one warm-up run; every backend call returns host numpy arrays, so device work is synchronised.
+one warm-up run, taken round-robin (method, floor, peers, method, floor, peers, ...) so that all
+of them see the same machine load; every backend call returns host numpy arrays, so device work is synchronised.
 Peak memory is the rise of the process' resident memory during one extra run, sampled every 5 ms.
 """
 
@@ -91,13 +92,26 @@ def _peak_rss_mib(fn: Callable[[], Any], interval: float = 0.005) -> float:
 
 
 def _time(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
-    fn()  # warm-up: traces compiled functions, fills caches
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
+    """Median and min wall time of ``fn`` over ``repeat`` runs after one warm-up run."""
+    return _time_together({"fn": fn}, repeat)["fn"]
+
+
+def _time_together(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, tuple[float, float]]:
+    """Median and min wall time of each callable, measured round-robin.
+
+    Each callable runs once as a warm-up (traces compiled functions, fills caches); then the
+    ``repeat`` rounds run every callable once in turn, so a method, its floor and its peers see
+    the same machine load and their ratios stay meaningful on a busy machine.
+    """
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
 def _occlusion_boxes(h: int, w: int, window: int, stride: int) -> Boxes:
@@ -181,7 +195,6 @@ def run_bench(
     layer = default_layer(backend)
     floors = _floors(backend, x, target, layer, batch_size)
     window, stride = floors.pop("_occlusion")()
-    floor_times: dict[str, float] = {}
     peer_fns = {}
     if peers and hasattr(backend, "peer_benchmarks"):  # optional: each backend offers its own peers
         peer_fns = backend.peer_benchmarks(model, layout_x, target, layer, batch_size)
@@ -204,16 +217,16 @@ def run_bench(
             from polyviz.optimisation.maximise import step_runner
 
             run = step_runner(backend, x, target)
-        median, best = _time(run, repeat)
-        peak = _peak_rss_mib(run)
         floor = _floor_for(method, floors)
-        if floor not in floor_times:
-            floor_times[floor] = _time(floors[floor], repeat)[0]
-        peer_times = {}
+        timed = {"method": run, "floor": floors[floor]}
         if peers:
-            for peer_name, fn in peer_fns.get(method, {}).items():
-                peer_times[peer_name] = _time(fn, repeat)[0]
-        rows.append(BenchRow(backend.name, method, median, best, floor, floor_times[floor], median / floor_times[floor],
+            timed.update({f"peer:{name}": fn for name, fn in peer_fns.get(method, {}).items()})
+        results = _time_together(timed, repeat)
+        median, best = results["method"]
+        peak = _peak_rss_mib(run)
+        floor_s = results["floor"][0]
+        peer_times = {key.removeprefix("peer:"): value[0] for key, value in results.items() if key.startswith("peer:")}
+        rows.append(BenchRow(backend.name, method, median, best, floor, floor_s, median / floor_s,
                              peak, peer_times))
     return rows
 
