@@ -226,12 +226,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "demo network (polyviz.models.demo) built in each framework from the same weights file. "
         f"Model accuracy on these images: {acc or 'n/a'}.\n\n"
         "Agreement: relative L2 distance ||a - b|| / max(||a||, ||b||) between the raw attributions of the two "
-        "frameworks. Pointing game: a hit when the largest |attribution| (summed over colour channels) lies inside "
-        "the object's mask.\n\n"
-        "Options chosen to keep the run fast: "
+        f"frameworks, over all images and per image (images < {compare.SAME:g}). CAM-type maps agree to float32 "
+        "round-off. Input gradients of a ReLU/max-pool network can differ on a few images: where two values tie "
+        "or a pre-activation is within round-off of zero, the frameworks may take different (equally valid) "
+        "branches, which moves the gradient of that image by up to about 1e-2.\n\n"
+        "Pointing game: a hit when the largest |attribution| (summed over colour channels) lies inside the "
+        "object's mask.\n\n"
+        "Options: "
         + "; ".join(f"{m}: {', '.join(f'{k}={v}' for k, v in o.items())}" for m, o in compare.FAST_OPTIONS.items()
                     if m in methods)
-        + ". Everything else uses the methods' defaults."
+        + " (sized for 64-pixel images). Everything else uses the methods' defaults."
     )
     page = write_gallery(out, title="polyviz demo: every method, every framework", columns=columns,
                          rows=compare.gallery_rows(runs, methods, backends, args.images, data.images, data.masks),
