@@ -34,9 +34,26 @@ FAST_OPTIONS: dict[str, dict[str, Any]] = {
 SAME = 1e-4
 
 
+#: Gallery order of the method families: class activation maps, gradients, perturbation, the rest.
+FAMILY_ORDER = {"cam": 0, "gradient": 1, "perturbation": 2}
+
+
 def attribution_methods() -> list[str]:
-    """The registered methods that return attributions (input-shaped or maps)."""
-    return [name for name, info in all_methods().items() if info["kind"] in ("input", "map")]
+    """The registered methods that return attributions (input-shaped or maps), CAMs first, then
+    gradient methods, then perturbation methods, by name within a family."""
+    found = [(FAMILY_ORDER.get(info["family"], 9), _PREFERRED.get(name, 99), name) for name, info in all_methods().items()
+             if info["kind"] in ("input", "map")]
+    return [name for *_, name in sorted(found)]
+
+
+#: Within a family: the original method first, then its refinements (roughly by date).
+_PREFERRED = {name: i for i, name in enumerate((
+    "cam", "gradcam", "guided_gradcam", "gradcam_plus_plus", "scorecam", "xgradcam", "ablationcam", "eigencam",
+    "layercam", "hirescam",
+    "saliency", "deconvnet", "guided_backprop", "layer_guided_backprop", "input_x_gradient", "integrated_gradients",
+    "smoothgrad", "gradient_shap",
+    "occlusion",
+))}
 
 
 def parse_methods(text: str | Sequence[str] | None) -> list[str]:
