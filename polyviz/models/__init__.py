@@ -13,12 +13,16 @@ from typing import Any
 
 from polyviz.errors import InputError
 from polyviz.models.convert import Converted, convert
+from polyviz.models.demo import DEMO_CLASSES, demo, demo_spec
 from polyviz.models.spec import VGG_CONFIGS, NetworkSpec, random_weights, vgg_spec
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Capability
 from polyviz.registry import backend_class
 
-__all__ = ["vgg16", "vgg19", "convert", "Converted", "preprocess_for", "seeded_vgg_spec", "NetworkSpec"]
+__all__ = [
+    "vgg16", "vgg19", "convert", "Converted", "preprocess_for", "seeded_vgg_spec", "NetworkSpec",
+    "demo", "demo_spec", "DEMO_CLASSES",
+]
 
 #: The preprocessing each framework's ImageNet VGG weights were trained with (images in [0, 1]).
 _PREPROCESS = {"torch": Preprocess.torchvision(input_range=1.0), "keras": Preprocess.caffe(input_range=1.0)}
