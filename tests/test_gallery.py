@@ -224,3 +224,26 @@ def test_broken_gallery_fails_the_browser_check(tmp_path):
     empty = tmp_path / "empty.html"
     empty.write_text("<!doctype html><html><body></body></html>")
     assert looks_blank(screenshot(empty, tmp_path / "empty.png"))
+
+
+@needs_chromium
+def test_demo_gallery_in_headless_chromium(tmp_path):
+    """The page `polyviz demo` writes (two methods, two images, seeded random weights so as not to
+    depend on training) loads completely, and no picture on it is blank."""
+    from polyviz.cli import main
+    from polyviz.models.demo import demo_spec, save_weights
+    from polyviz.models.spec import random_weights
+
+    weights = save_weights(random_weights(demo_spec(), 0), tmp_path / "demo.npz")
+    out = tmp_path / "demo"
+    argv = ["demo", "--out", str(out), "--methods", "gradcam,saliency", "--images", "2", "--weights", str(weights), "--no-progress"]
+    assert main(argv) == 0
+    index = out / "index.html"
+    srcs = [img["src"] for img in Page(index.read_text(encoding="utf-8")).images]
+    assert len(srcs) >= 2 * 2 + 2  # at least the inputs and two methods on two images
+    for src in srcs:
+        pixels = np.asarray(Image.open(out / src))
+        assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 1, f"{src} is one flat colour"
+    status = loaded_status(index)
+    assert status["data-status"] == "ok" and status["data-loaded"] == status["data-images"] == str(len(srcs)), status
+    assert not looks_blank(screenshot(index, tmp_path / "demo.png"))
