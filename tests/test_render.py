@@ -133,6 +133,8 @@ def test_overlay_image_ranges():
     np.testing.assert_array_equal(R.overlay(u8, m, alpha=0.0), np.repeat(u8, 3, axis=-1))
     wide = np.array([[-1.0, 3.0], [1.0, 0.0]])  # float outside [0, 1]: stretched, (x + 1) / 4
     np.testing.assert_array_equal(R.overlay(wide, m, alpha=0.0)[..., 0], [[0, 255], [128, 64]])
+    # float in [0, 255]: divided by 255 like uint8
+    np.testing.assert_array_equal(R.original(np.array([[3.0, 200.0]])), [[[3] * 3, [200] * 3]])
     # or with an explicit value range: -1 is black, 1 is white (3 saturates)
     np.testing.assert_array_equal(R.original(wide, value_range=(-1, 1))[..., 2], [[0, 255], [255, 128]])
     np.testing.assert_array_equal(R.original(np.ones((2, 2, 4), np.uint8) * 9), np.full((2, 2, 3), 9, np.uint8))

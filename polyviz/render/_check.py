@@ -63,9 +63,10 @@ def as_attribution(value: Any, name: str = "attr_hwc") -> np.ndarray:
 def as_image01(value: Any, name: str = "image", value_range: tuple[float, float] | None = None) -> np.ndarray:
     """An (H, W, 3) float64 RGB image in [0, 1].
 
-    uint8 (and other integer) images are divided by 255; float images already inside [0, 1] are kept;
-    other float images (e.g. mean-subtracted network inputs) are min-max stretched to [0, 1], unless
-    ``value_range=(lo, hi)`` says what black and white are. Grey (H, W) or (H, W, 1) images are
+    uint8 (and other integer) images are divided by 255; float images inside [0, 1] are kept, float
+    images inside [0, 255] (with values above 1) are divided by 255, and other float images (e.g.
+    mean-subtracted network inputs) are min-max stretched to [0, 1], unless ``value_range=(lo, hi)``
+    says what black and white are. Grey (H, W) or (H, W, 1) images are
     repeated to RGB; an alpha channel (H, W, 4) is dropped.
     """
     arr = as_array(value, name)
@@ -86,7 +87,9 @@ def as_image01(value: Any, name: str = "image", value_range: tuple[float, float]
     else:
         out = arr.astype(np.float64)
         lo, hi = out.min(), out.max()
-        if lo < 0 or hi > 1:
+        if lo >= 0 and 1 < hi <= 255:
+            out = out / 255.0
+        elif lo < 0 or hi > 1:
             out = (out - lo) / (hi - lo) if hi > lo else np.zeros_like(out)
     if out.shape[-1] == 1:
         out = np.repeat(out, 3, axis=-1)
