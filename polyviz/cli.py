@@ -597,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter hides our output
+    # OpenMP threads that spin while waiting stall torch when another process holds a core: on a
+    # busy 2-core machine the demo's torch half ran 5-8x slower with the default (active) policy
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
