@@ -61,12 +61,17 @@ def main() -> None:
     nat = (lambda a: a.transpose(0, 3, 1, 2)) if backend == "torch" else (lambda a: a)
     start = time.time()
 
-    # 1. filter visualisations: four channels of four layers, each layer one batch
-    rows = []
+    # 1. filter visualisations: of each of four layers, the four channels sample images drive most
+    #    (a channel that is off at the grey start gets no gradient), each layer as one batch
+    x = sample_images(16)
+    acts = polyviz.backend_for(model).layer_activations(x, [names[layer] for layer in layers])
+    rows, row_titles = [], []
     for layer in layers:
-        r = polyviz.visualize_filter(model, names[layer], [0, 1, 2, 3], size=64)
+        channels = np.argsort(acts[names[layer]].mean(axis=(0, 1, 2)))[::-1][:4].tolist()
+        r = polyviz.visualize_filter(model, names[layer], channels, size=64)
         rows.append(list(r.images))
-    render.save_png(render.figure(rows, row_titles=layers, col_titles=[f"channel {c}" for c in range(4)], scale=3,
+        row_titles.append(f"{layer} {channels}")
+    render.save_png(render.figure(rows, row_titles=row_titles, scale=3,
                                   title="visualize_filter (Fourier parameterisation, transforms)"), out / "filters.png")
 
     # 2. class models: pixel parameterisation (Simonyan et al. 2013) without / with L1 / with L2
@@ -82,15 +87,15 @@ def main() -> None:
                     out / "class_models.png")
 
     # 3. deep dream and 4. inversion of two sample images
-    x = sample_images(2)
+    x = x[:2]
     dream = polyviz.deep_dream(model, nat(x), names[layers[2]])
-    inv_mid = polyviz.invert(model, nat(x), names[layers[1]])
+    inv_mid = polyviz.invert(model, nat(x), names[layers[0]])
     inv_deep = polyviz.invert(model, nat(x), names[layers[2]])
     render.save_png(render.figure([[x[0], dream.images[0]], [x[1], dream.images[1]]],
                                   col_titles=["image", f"deep dream {layers[2]}"], scale=3), out / "deep_dream.png")
     render.save_png(render.figure([[x[0], inv_mid.images[0], inv_deep.images[0]],
                                    [x[1], inv_mid.images[1], inv_deep.images[1]]],
-                                  col_titles=["image", f"inverted {layers[1]}", f"inverted {layers[2]}"], scale=3),
+                                  col_titles=["image", f"inverted {layers[0]}", f"inverted {layers[2]}"], scale=3),
                     out / "inversion.png")
     print(f"wrote {', '.join(p.name for p in sorted(out.glob('*.png')))} to {out} in {time.time() - start:.0f} s")
 
