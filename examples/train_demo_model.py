@@ -1,6 +1,6 @@
 """Train the demo model (polyviz.models.demo) on the shapes data set and write its weights file.
 
-    python examples/train_demo_model.py [--out polyviz/models/data/demo_shapes.npz] [--epochs 6]
+    python examples/train_demo_model.py [--out polyviz/models/data/demo_shapes.npz] [--epochs 3]
 
 The network is ``polyviz.models.demo.demo_spec()`` (VGG16's conv pattern, narrow, GAP head). It is
 trained in PyTorch with batch normalisation after every convolution (for fast, stable training
@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEMO_WEIGHTS, help="weights file to write")
     parser.add_argument("--train-size", type=int, default=8000)
     parser.add_argument("--eval-size", type=int, default=1200)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0, help="torch seed (initialisation, batch order, augmentation)")
