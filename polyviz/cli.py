@@ -311,22 +311,23 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stems = _unique_stems(files)
+    print(f"model {lm.name} ({lm.backend}), {len(files)} images at {lm.size[0]}x{lm.size[1]}, methods: {', '.join(methods)}", flush=True)
     bs = max(1, int(args.batch))
     batches = range(0, len(x), bs)
+    say = print
     if not args.no_progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="images", unit="batch")
+        say = tqdm.write  # lines above the bar, not through it
     written = []
-    print(f"model {lm.name} ({lm.backend}), {len(files)} images at {lm.size[0]}x{lm.size[1]}, methods: {', '.join(methods)}")
     for start in batches:
         xb = x[start:start + bs]
         logits = predict(be, xb)
         _check_target(target, logits.shape[-1])
         names = lm.class_names
         for i, row in enumerate(_softmax(logits.astype(np.float64))):
-            print(f"{files[start + i]}:")
-            print("\n".join(_top5_lines(row, names)))
+            say(f"{files[start + i]}:\n" + "\n".join(_top5_lines(row, names)))
         layer = _resolve_layer(lm, be, args.layer)
         for m in methods:
             e = explain(lm.model, xb, m, target=target, layer=layer, preprocess=lm.preprocess, layout="NHWC",
