@@ -16,7 +16,7 @@ from polyviz.cli import main
 from polyviz.datasets import shapes
 from polyviz.errors import PolyvizError
 from polyviz.explanation import Explanation
-from polyviz.models.demo import demo_spec, save_weights
+from polyviz.models.demo import DEMO_WEIGHTS, demo_spec, save_weights
 from polyviz.models.spec import random_weights, vgg_spec
 
 pytestmark = pytest.mark.skipif(not INSTALLED, reason="no framework installed")
@@ -350,3 +350,13 @@ def test_error_is_exactly_one_line_in_a_fresh_process(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("polyviz: error: methods: unknown method 'scorcam'. Did you mean 'scorecam'")
+
+
+@pytest.mark.skipif(not DEMO_WEIGHTS.is_file(), reason="demo weights not shipped")
+def test_explain_shipped_demo_model_names_the_right_class(tmp_path, images, capsys):
+    """With the shipped, trained weights, the top-1 line of each held-out image is its true class."""
+    folder, data = images
+    assert main(["explain", str(folder), "--method", "gradcam", "--out", str(tmp_path), "--no-progress"]) == 0
+    firsts = re.findall(r"^  1\.\s+[\d.]+%\s+(\w+) \((\d)\)$", capsys.readouterr().out, re.M)
+    assert [int(i) for _, i in firsts] == data.labels.tolist()
+    assert [name for name, _ in firsts] == [data.class_names[i] for i in data.labels]
