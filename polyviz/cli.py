@@ -601,6 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # OpenMP threads that spin while waiting stall torch when another process holds a core: on a
     # busy 2-core machine the demo's torch half ran 5-8x slower with the default (active) policy
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import logging
+
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notices: not the user's concern
     started = time.perf_counter()
     parser = build_parser()
     args = parser.parse_args(argv)
