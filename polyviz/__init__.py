@@ -20,6 +20,7 @@ from polyviz.errors import (
     WeightsNotFoundError,
 )
 from polyviz.explanation import Explanation
+from polyviz.inspect import activations, filters, summary
 from polyviz.optimisation import (
     OptimisationResult,
     adversarial,
@@ -28,7 +29,6 @@ from polyviz.optimisation import (
     invert,
     visualize_filter,
 )
-from polyviz.inspect import activations, filters, summary
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     DECONVNET,

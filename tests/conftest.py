@@ -3,6 +3,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# torch's idle OpenMP threads spin by default and starve TensorFlow's on a small machine
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # torchvision pulls in triton (with CUDA builds of torch), whose LLVM clashes with TensorFlow's when
 # loaded after it: load the torch stack first so that both frameworks can live in one process.
