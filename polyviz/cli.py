@@ -72,22 +72,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     methods = bench.QUICK_METHODS if args.quick else bench.DEFAULT_METHODS
     if args.methods:
         methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    size = 64 if args.quick and args.size is None else (args.size or 224)
+    if args.model not in ("vgg16", "demo"):
+        raise PolyvizError(f"--model: expected 'vgg16' or 'demo', got {args.model!r}")
     repeat = 1 if args.quick else args.repeat
-    x = np.random.default_rng(0).random((args.batch, size, size, 3)).astype(np.float32)
+    if args.model == "demo":  # the shipped network at its own input size, on held-out demo images
+        from polyviz.datasets import shapes
+
+        if args.size not in (None, 64):
+            raise PolyvizError(f"--size: the demo model takes 64-pixel images, got {args.size}")
+        size = 64
+        x = shapes(args.batch, seed=7).images
+    else:
+        size = 64 if args.quick and args.size is None else (args.size or 224)
+        x = np.random.default_rng(0).random((args.batch, size, size, 3)).astype(np.float32)
     rows = []
     for name in backends:
-        if args.model != "vgg16":
-            raise PolyvizError(f"--model: expected 'vgg16', got {args.model!r}")
-        spec_input = (size, size, 3)
-        model = models.vgg16(name, seed=0) if size == 224 else _small_vgg(name, spec_input)
+        if args.model == "demo":
+            model = models.demo(name)
+        else:
+            model = models.vgg16(name, seed=0) if size == 224 else _small_vgg(name, (size, size, 3))
         rows += bench.run_bench(model, x, methods, repeat=repeat, batch_size=args.batch_size, peers=args.peers,
                                 progress=not args.no_progress)
     print(bench.markdown(rows))
     if args.json:
         import platform
 
-        meta = {"machine": platform.machine(), "processor": platform.processor(), "size": size, "batch": args.batch,
+        meta = {"machine": platform.machine(), "processor": platform.processor(), "model": args.model, "size": size,
+                "batch": args.batch,
                 "repeat": repeat, "polyviz": polyviz.__version__}
         with open(args.json, "w") as fh:
             fh.write(bench.to_json(rows, meta))
@@ -536,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common], help="time every method against its floor (and the peers with --peers)")
     bench.add_argument("--backend", default="torch,keras", help="comma-separated backends (default torch,keras)")
     bench.add_argument("--methods", default="", help="comma-separated methods (default: the main ones)")
-    bench.add_argument("--model", default="vgg16", help="vgg16 (seeded random weights)")
+    bench.add_argument("--model", default="vgg16",
+                       help="vgg16 (seeded random weights) or demo (the shipped demo network, 64 px)")
     bench.add_argument("--size", type=int, default=None, help="input size in pixels (default 224; 64 with --quick)")
     bench.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     bench.add_argument("--batch-size", type=int, default=32, help="passes per backend call inside a method")

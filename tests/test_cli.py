@@ -29,6 +29,36 @@ def test_bench_quick_smoke(tmp_path, capsys):
     assert {r["method"] for r in rows} == {"saliency", "gradcam"} and all(r["floor_s"] > 0 for r in rows)
 
 
+@pytest.mark.skipif(not INSTALLED, reason="no framework installed")
+def test_bench_demo_model(tmp_path, capsys):
+    out_json = tmp_path / "bench.json"
+    code = main(["bench", "--model", "demo", "--quick", "--no-progress", "--methods", "saliency,gradcam",
+                 "--backend", ",".join(INSTALLED), "--json", str(out_json)])
+    assert code == 0
+    data = json.loads(out_json.read_text())
+    assert data["meta"]["model"] == "demo" and data["meta"]["size"] == 64
+    assert {(r["backend"], r["method"]) for r in data["rows"]} == {(b, m) for b in INSTALLED for m in ("saliency", "gradcam")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "resnet"], "--model: expected 'vgg16' or 'demo'"),
+    (["--model", "demo", "--size", "128"], "--size: the demo model takes 64-pixel images"),
+])
+def test_bench_bad_model_arguments(argv, message, capsys):
+    assert main(["bench", "--quick", "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_times_round_robin():
+    """A method, its floor and its peers alternate, so that all of them see the same load."""
+    from polyviz.bench import _time_together
+
+    calls = []
+    result = _time_together({name: (lambda name=name: calls.append(name)) for name in "abc"}, repeat=2)
+    assert calls == list("abc") * 3  # one warm-up round, then two timed rounds
+    assert set(result) == set("abc") and all(0 <= best <= median for median, best in result.values())
+
+
 def test_errors_are_one_line_without_traceback():
     out = subprocess.run([sys.executable, "-m", "polyviz.cli", "bench", "--backend", "jax", "--quick"],
                          capture_output=True, text=True)
