@@ -5,7 +5,7 @@ Single pictures (:mod:`~polyviz.render.images`): :func:`heatmap`, :func:`overlay
 :func:`grayscale`, :func:`positive_negative`, and :func:`picture` for any of them by style name.
 Colour (:mod:`~polyviz.render.colour`): sign selection, percentile clipping, :func:`normalise`,
 :func:`colormap`. Composites: :func:`figure` (panels with row/column titles), :func:`colorbar`,
-:func:`activation_grid`, :func:`filter_grid`. Output: :func:`save_png`, :func:`png_bytes`,
+:func:`activation_grid`, :func:`layerwise` (a few channels of several layers), :func:`filter_grid`. Output: :func:`save_png`, :func:`png_bytes`,
 :func:`write_gallery` (an HTML page of PNGs) with :func:`html_table`.
 
 Inputs are numpy arrays (framework tensors are converted): maps (H, W), attributions (H, W, C)
@@ -17,7 +17,7 @@ from __future__ import annotations
 from polyviz.render.colour import SIGNS, apply_cmap, colormap, default_cmap, normalise, select_sign, to_uint8
 from polyviz.render.figures import colorbar, figure, upscale
 from polyviz.render.gallery import html_table, write_gallery
-from polyviz.render.grids import activation_grid, filter_grid, tile
+from polyviz.render.grids import activation_grid, filter_grid, layerwise, tile
 from polyviz.render.images import (
     alpha_scaled,
     gradient_image,
@@ -47,6 +47,7 @@ __all__ = [
     "grayscale",
     "heatmap",
     "html_table",
+    "layerwise",
     "masked_image",
     "normalise",
     "original",

@@ -1,12 +1,12 @@
 """Grids of tiles: every channel of a layer's activations (Chollet, *Deep Learning with Python*,
-section 5.4.1 "Visualizing intermediate activations") and a layer's convolution kernels (first
-layer RGB kernels in colour as in Krizhevsky et al. 2012, Fig. 3; deeper kernels one tile per
-input channel)."""
+section 5.4.1 "Visualizing intermediate activations"), a few channels of several layers side by
+side (:func:`layerwise`), and a layer's convolution kernels (first layer RGB kernels in colour as
+in Krizhevsky et al. 2012, Fig. 3; deeper kernels one tile per input channel)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -14,9 +14,9 @@ import numpy as np
 from polyviz.errors import InputError
 from polyviz.render._check import as_array, check_int
 from polyviz.render.colour import Cmap, colormap, to_uint8
-from polyviz.render.figures import background_rgb, upscale
+from polyviz.render.figures import background_rgb, figure, upscale
 
-__all__ = ["tile", "activation_grid", "filter_grid", "ACTIVATION_NORMS", "FILTER_NORMS"]
+__all__ = ["tile", "activation_grid", "layerwise", "filter_grid", "ACTIVATION_NORMS", "FILTER_NORMS"]
 
 ACTIVATION_NORMS = ("std", "minmax", "global", "none")
 FILTER_NORMS = ("tile", "filter", "global")
@@ -64,6 +64,22 @@ def _pick(n: int, chosen: Sequence[int] | int | None, name: str) -> list[int]:
     return [i % n for i in idx]
 
 
+def _normalise_maps(maps: np.ndarray, normalize: str) -> np.ndarray:
+    """(n, H, W) maps to [0, 1] as :func:`activation_grid` describes ``normalize``."""
+    if normalize == "std":
+        mean = maps.mean(axis=(1, 2), keepdims=True)
+        std = maps.std(axis=(1, 2), keepdims=True)
+        safe = np.where(std > 0, std, 1.0)
+        return np.where(std > 0, np.clip((maps - mean) / safe * 64.0 + 128.0, 0.0, 255.0) / 255.0, 0.0)
+    if normalize == "minmax":
+        lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+        return np.where(hi > lo, (maps - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+    if normalize == "global":
+        lo, hi = maps.min(), maps.max()
+        return (maps - lo) / (hi - lo) if hi > lo else np.zeros_like(maps)
+    return np.clip(maps, 0.0, 1.0)
+
+
 def activation_grid(
     maps_hwc: Any,
     *,
@@ -92,22 +108,92 @@ def activation_grid(
         raise InputError(f"normalize: expected one of {ACTIVATION_NORMS}, got {normalize!r}")
     idx = _pick(a.shape[-1], channels, "channels")
     maps = a[..., idx].transpose(2, 0, 1)  # (n, H, W)
-    if normalize == "std":
-        mean = maps.mean(axis=(1, 2), keepdims=True)
-        std = maps.std(axis=(1, 2), keepdims=True)
-        safe = np.where(std > 0, std, 1.0)
-        v = np.where(std > 0, np.clip((maps - mean) / safe * 64.0 + 128.0, 0.0, 255.0) / 255.0, 0.0)
-    elif normalize == "minmax":
-        lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
-        v = np.where(hi > lo, (maps - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
-    elif normalize == "global":
-        lo, hi = maps.min(), maps.max()
-        v = (maps - lo) / (hi - lo) if hi > lo else np.zeros_like(maps)
-    else:
-        v = np.clip(maps, 0.0, 1.0)
-    colours = to_uint8(colormap(cmap)(v))  # (n, H, W, 3)
+    colours = to_uint8(colormap(cmap)(_normalise_maps(maps, normalize)))  # (n, H, W, 3)
     cols = min(len(idx), 16) if columns is None else check_int(columns, "columns", 1)
     return tile([upscale(t, scale) for t in colours], cols, pad=pad, background=background)
+
+
+def _resize_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(n, h, w) maps to (n, H, W) by nearest neighbour: output pixel (i, j) shows source pixel
+    ``(i * h // H, j * w // W)`` (an integer enlargement repeats each pixel in a block)."""
+    h, w = maps.shape[1:]
+    rows = np.arange(size[0]) * h // size[0]
+    cols = np.arange(size[1]) * w // size[1]
+    return maps[:, rows][:, :, cols]
+
+
+def layerwise(
+    activations: Mapping[str, Any],
+    *,
+    channels: Sequence[int] | int = 8,
+    index: int = 0,
+    size: int | tuple[int, int] | None = None,
+    normalize: str = "std",
+    cmap: Cmap = "viridis",
+    titles: bool = True,
+    pad: int = 1,
+    font_size: int = 12,
+    background: Any = 255,
+) -> np.ndarray:
+    """A few channels of several layers side by side: one row per layer (in the mapping's order,
+    its name as the row title), the same ``channels`` in each row (an int: the first that many,
+    fewer where a layer has fewer; a list: those channels, column titles ``ch k``), uint8 RGB.
+
+    ``activations``: ``{layer: (h, w, C) or (N, h, w, C)}``, e.g. from :func:`polyviz.activations`;
+    ``index`` picks the sample of a batch. Each tile is normalised on its own (``normalize`` as in
+    :func:`activation_grid`: 'std', 'minmax', 'global' over the tiles of its row, or 'none') and
+    drawn through ``cmap``, then resized by nearest neighbour to ``size`` (default: the largest map's
+    (h, w)) so that deep 7x7 maps and shallow 112x112 ones line up. Tiles are ``pad`` pixels apart
+    and from the border; ``titles=False`` leaves names out. This is the layer-by-layer view of
+    Chollet's *Deep Learning with Python*, section 5.4.1, cut to a few channels per layer.
+    """
+    if not isinstance(activations, Mapping) or not activations:
+        raise InputError("activations: expected a non-empty {layer name: (h, w, C) array} mapping")
+    if normalize not in ACTIVATION_NORMS:
+        raise InputError(f"normalize: expected one of {ACTIVATION_NORMS}, got {normalize!r}")
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+        raise InputError(f"index: expected a sample index (int), got {index!r}")
+    layers: dict[str, np.ndarray] = {}
+    for name, value in activations.items():
+        what = f"activations[{name!r}]"
+        a = as_array(value, what).astype(np.float64)
+        if a.ndim == 4:
+            if not -len(a) <= index < len(a):
+                raise InputError(f"index: {index} is out of range for {what} with {len(a)} samples")
+            a = a[index]
+        if a.ndim != 3:
+            raise InputError(
+                f"{what}: expected (h, w, C) or (N, h, w, C) feature maps, got shape {a.shape}"
+                + (" (a dense layer has no maps to draw)" if a.ndim <= 2 else "")
+            )
+        layers[str(name)] = a
+    if size is None:
+        hw = (max(a.shape[0] for a in layers.values()), max(a.shape[1] for a in layers.values()))
+    elif isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        hw = (check_int(size, "size", 1),) * 2
+    else:
+        try:
+            hw = tuple(check_int(s, "size", 1) for s in size)  # type: ignore[union-attr]
+        except TypeError:
+            raise InputError(f"size: expected a tile side or (height, width), got {size!r}") from None
+        if len(hw) != 2:
+            raise InputError(f"size: expected a tile side or (height, width), got {size!r}")
+    chosen = None if isinstance(channels, (int, np.integer)) and not isinstance(channels, bool) else channels
+    panels = []
+    for name, a in layers.items():
+        c = a.shape[-1]
+        if chosen is not None:
+            bad = [k for k in chosen if isinstance(k, (int, np.integer)) and not -c <= k < c]
+            if bad:
+                raise InputError(f"channels: {bad[0]} is out of range for layer {name!r} with {c} channels")
+        idx = _pick(c, channels, "channels")
+        maps = _resize_nearest(_normalise_maps(a[..., idx].transpose(2, 0, 1), normalize), hw)
+        panels.append(list(to_uint8(colormap(cmap)(maps))))
+    if titles:
+        col_titles = None if chosen is None else [f"ch {int(k)}" for k in chosen]
+        return figure(panels, row_titles=list(layers), col_titles=col_titles, pad=pad, font_size=font_size,
+                      background=background)
+    return figure(panels, pad=pad, background=background)
 
 
 def _minmax(k: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
