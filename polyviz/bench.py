@@ -4,9 +4,12 @@ The floor of a method is the cheapest set of backend passes its definition needs
 
 * ``forward + input backward`` for gradient methods (saliency, guided backprop, ...), times the
   number of points for path and noise methods (integrated gradients, SmoothGrad);
-* ``forward + backward stopped at the layer`` for gradient CAMs;
-* the raw batched forward passes a perturbation method needs (occlusion windows, Score-CAM masks,
-  Ablation-CAM channels).
+* ``forward + backward stopped at the layer`` for gradient CAMs; guided Grad-CAM adds a guided
+  input backward (the protocol answers one objective and one rule per call, so two passes);
+* ``forward + input backward from the layer`` for guided backprop of one layer's channel;
+* the raw batched forward passes a perturbation method needs (occlusion windows, Score-CAM masks);
+  for Ablation-CAM, one forward to the layer and one forward of the rest of the network per
+  channel (the backend resumes at the layer).
 
 The ratio method / floor says how much a method adds on top of the passes it cannot avoid. With
 ``--peers``, the same method in the peer libraries that are installed (Captum, pytorch-grad-cam,
@@ -31,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from polyviz.api import default_layer, explain
-from polyviz.protocol import Backend, Boxes, ClassScore
+from polyviz.protocol import GUIDED, Backend, Boxes, ChannelMean, ClassScore
 from polyviz.registry import backend_for
 
 __all__ = ["BenchRow", "run_bench", "markdown", "DEFAULT_METHODS", "QUICK_METHODS"]
@@ -149,8 +152,27 @@ def _floors(backend: Backend, x: np.ndarray, target: np.ndarray, layer: str, bat
 
         return run
 
+    def guided_and_layer() -> None:
+        backend.input_gradient(x, objective, GUIDED)
+        backend.layer_gradients(x, [layer], objective)
+
+    def layer_then_head(count: int) -> Callable[[], Any]:
+        keep = np.ones((min(batch, count), n_channels), np.float32)
+
+        def run() -> None:
+            backend.layer_activations(x, [layer])
+            for start in range(0, count, batch):
+                rows = min(batch, count - start)
+                backend.layer_masked_scores(x[:1], layer, keep[:rows], sample_index=np.zeros(rows, int),
+                                            objective=ClassScore(np.repeat(target[:1], rows).tolist()))
+
+        return run
+
     return {
         "forward": lambda: backend.forward(x),
+        "forward+guided input backward, forward+layer backward": guided_and_layer,
+        "forward+input backward from the layer": lambda: backend.input_gradient(x, ChannelMean(layer, 0), GUIDED),
+        f"forward to the layer + {n_channels} head forwards (batched)": layer_then_head(n_channels),
         "forward+input backward": lambda: backend.input_gradient(x, objective),
         "forward+layer backward": lambda: backend.layer_gradients(x, [layer], objective),
         "50 x forward+input backward (batched)": n_input_backward(50),
@@ -164,14 +186,20 @@ def _floors(backend: Backend, x: np.ndarray, target: np.ndarray, layer: str, bat
 def _floor_for(method: str, floors: dict[str, Callable[[], Any]]) -> str:
     if method in ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", OPTIMISATION_STEP):
         return "forward+input backward"
+    if method == "guided_gradcam":
+        return "forward+guided input backward, forward+layer backward"
+    if method == "layer_guided_backprop":
+        return "forward+input backward from the layer"
     if method == "integrated_gradients":
         return "50 x forward+input backward (batched)"
-    if method == "smoothgrad":
+    if method in ("smoothgrad", "gradient_shap"):
         return "25 x forward+input backward (batched)"
     if method == "occlusion":
         return next(k for k in floors if k.endswith("raw forwards (batched)"))
-    if method in ("scorecam", "ablationcam"):
+    if method == "scorecam":
         return [k for k in floors if k.endswith("raw forwards (batched)")][-1]
+    if method == "ablationcam":
+        return next(k for k in floors if k.endswith("head forwards (batched)"))
     if method in ("eigencam",):
         return "forward"
     return "forward+layer backward"
