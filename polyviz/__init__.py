@@ -20,7 +20,7 @@ from polyviz.errors import (
     WeightsNotFoundError,
 )
 from polyviz.explanation import Explanation
-from polyviz.inspect import activations, filters, summary
+from polyviz.inspect import activations, filters, layer_config, summary
 from polyviz.optimisation import (
     OptimisationResult,
     adversarial,
@@ -84,6 +84,7 @@ __all__ = [
     "explain",
     "activations",
     "filters",
+    "layer_config",
     "summary",
     "methods",
     "models",

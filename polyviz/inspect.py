@@ -8,6 +8,8 @@ One answer for either framework, through the backend protocol (:meth:`Backend.la
 - :func:`activations`: feature maps (N, h, w, C) of chosen layers, for the activation grids of
   Chollet's *Deep Learning with Python* (section 5.4; draw them with
   :func:`polyviz.render.activation_grid`).
+- :func:`layer_config`: a layer's configuration (kind, filters or units, kernel size, strides,
+  padding, activation) in one vocabulary for every framework.
 - :func:`filters`: a convolution layer's kernels (kh, kw, in, out), for
   :func:`polyviz.render.filter_grid` (first-layer RGB kernels in colour, as Zeiler & Fergus 2014
   and Krizhevsky et al. 2012 show them).
@@ -27,7 +29,7 @@ from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability, LayerInfo
 from polyviz.registry import backend_for
 
-__all__ = ["SummaryRow", "Summary", "summary", "activations", "filters", "format_summary"]
+__all__ = ["SummaryRow", "Summary", "summary", "activations", "filters", "layer_config", "format_summary"]
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,8 @@ def summary(
     """Every layer of ``model`` in execution order: name, type, output shape, parameters,
     trainable; printed like Keras' ``model.summary()`` (unless ``print_table=False``) and returned
     as a :class:`Summary` (a list of :class:`SummaryRow` with ``total_params``,
-    ``trainable_params`` and ``non_trainable_params``).
+    ``trainable_params`` and ``non_trainable_params``). Each layer's configuration (filters,
+    kernel size, strides, padding, activation): :func:`layer_config`.
 
     Containers (torch ``nn.Sequential`` blocks, nested Keras models) are left out: their layers are
     listed. Output shapes are channels-last (H, W, C) in every framework. A torch module does not
@@ -200,3 +203,24 @@ def filters(
             f"layer: {name!r} has no kernel ({have}); layers with weights: {', '.join(kernels[:12]) or 'none'}"
         )
     return np.asarray(kernel, np.float32)
+
+
+def layer_config(
+    model: Any, layer: str, *, backend: str | None = None, input_shape: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The configuration of ``layer`` in one framework-neutral vocabulary (the layer kinds and
+    config keys of :mod:`polyviz.models.spec`), as the "layer config" view of Keras'
+    ``layer.get_config()``: e.g. ``{"kind": "conv2d", "filters": 64, "kernel_size": (3, 3),
+    "strides": (1, 1), "padding": "same", "dilation": (1, 1), "activation": "relu",
+    "use_bias": True}``; ``{"kind": "dense", "units", "activation", "use_bias"}``;
+    ``{"kind": "maxpool2d", "pool_size", "strides", "padding"}``; ``{"kind": "other", "type":
+    <class name>}`` for a layer outside the vocabulary. Torch padding that keeps the size at stride
+    1 reads as "same", none as "valid". A torch ``nn.ReLU`` right after a convolution or linear
+    layer (what a Keras ``Conv2D(activation="relu")`` is in torch) answers that layer with
+    ``activation="relu"``; the convolution itself has ``activation=None``. Its weights:
+    :func:`filters`. Unknown names raise :class:`~polyviz.errors.LayerError` with a did-you-mean.
+    ``input_shape`` (H, W, C): the input size torch modules are probed at (see :func:`summary`).
+    """
+    be = _backend(model, backend)
+    _set_input_shape(be, input_shape)
+    return be.layer_config(layer)

@@ -629,6 +629,16 @@ class Backend(ABC):
         (name,) = self.check_layers([name])
         return self._layer_weights(name)
 
+    def layer_config(self, name: str) -> dict[str, Any]:
+        """A layer's configuration in the framework-neutral vocabulary of
+        :mod:`polyviz.models.spec`: ``{"kind": "conv2d", "filters", "kernel_size", "strides",
+        "padding", "dilation", "activation", "use_bias"}``, ``{"kind": "dense", "units",
+        "activation", "use_bias"}``, pools, dropout, ...; ``{"kind": "other", "type": ...}`` for
+        anything else. A ReLU that directly follows a conv or dense layer answers that layer with
+        ``activation="relu"``, as :meth:`layer_weights` does."""
+        (name,) = self.check_layers([name])
+        return self._layer_config(name)
+
     def as_numpy(self, x: Any) -> np.ndarray:
         """A framework tensor or array-like as a float32 numpy array (same layout)."""
         return np.asarray(x, dtype=np.float32)
@@ -812,4 +822,7 @@ class Backend(ABC):
 
     def _layer_weights(self, name: str) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def _layer_config(self, name: str) -> dict[str, Any]:
+        raise CapabilityError(f"backend {self.name!r} does not describe layer configurations")
 

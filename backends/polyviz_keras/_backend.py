@@ -247,6 +247,12 @@ class KerasBackend(Backend):
             out[key] = np.array(var.numpy())
         return out
 
+    def _layer_config(self, name: str) -> dict[str, Any]:
+        from polyviz_keras._config import layer_config
+        from polyviz_keras._graph import iter_layers
+
+        return layer_config(dict(iter_layers(self.model))[name])
+
     # ---- building, conversion, zoo, safety -----------------------------------------------------
     @classmethod
     def build(cls, spec: Any, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:

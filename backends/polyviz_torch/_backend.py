@@ -176,6 +176,12 @@ class TorchBackend(Backend):
 
         return layer_weights(self.model, name, self._probe())
 
+    def _layer_config(self, name: str) -> dict[str, Any]:
+        from polyviz_torch._config import module_config
+
+        probe = self._probe()
+        return module_config(self.model, name, probe.fused_with, probe.ok)
+
     # ---- building, conversion, zoo, safety -----------------------------------------------------
     @classmethod
     def build(cls, spec: Any, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:
