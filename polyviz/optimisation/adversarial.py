@@ -110,7 +110,7 @@ def adversarial(
     p = _softmax(logits)
     final = -np.log(np.maximum(p[np.arange(n), y], 1e-30))
     return OptimisationResult(
-        images=adv, history=np.asarray(history, np.float32).reshape(len(history), n), values=final.astype(np.float32),
+        images=adv, history=history, values=final,
         method="adversarial", backend=be.name, layout=layout_name,
         options={"eps": eps, "steps": steps, "step_size": step_size, "targeted": targeted, "y": y.tolist()},
         labels=logits.argmax(axis=1), original_labels=original,

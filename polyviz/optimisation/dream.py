@@ -92,8 +92,7 @@ def deep_dream(
         history += hist
     values, _ = objective_gradient(be, z, objective_for, batch_size)
     return OptimisationResult(
-        images=z.astype(np.float32), history=np.asarray(history, np.float32).reshape(len(history), n),
-        values=values.astype(np.float32), method="deep_dream", backend=be.name, layout=layout_name,
+        images=z, history=history, values=values, method="deep_dream", backend=be.name, layout=layout_name,
         options={"layer": layer, "channels": channels, "octaves": octaves, "octave_scale": octave_scale,
                  "steps": steps, "lr": lr, "jitter": jitter, "seed": seed},
     )

@@ -85,8 +85,7 @@ def invert(
     )
     values, _ = objective_gradient(be, z, objective_for, batch_size)
     return OptimisationResult(
-        images=z.astype(np.float32), history=np.asarray(history, np.float32).reshape(len(history), n),
-        values=values.astype(np.float32), method="invert", backend=be.name, layout=layout_name,
+        images=z, history=history, values=values, method="invert", backend=be.name, layout=layout_name,
         options={"layer": layer, "steps": steps, "lr": lr, "alpha": alpha, "alpha_weight": alpha_weight,
                  "tv_beta": tv_beta, "tv_weight": tv_weight, "seed": seed},
     )

@@ -137,8 +137,7 @@ def run_maximisation(
         "preprocess": None if be.preprocess is None else be.preprocess.describe(),
     }
     return OptimisationResult(
-        images=np.asarray(images, np.float32), history=np.asarray(history, np.float32).reshape(len(history), n),
-        values=values.astype(np.float32), method=method, backend=be.name, layout=be.native_layout, options=options,
+        images=images, history=history, values=values, method=method, backend=be.name, layout=be.native_layout, options=options,
     )
 
 

@@ -32,6 +32,13 @@ class OptimisationResult:
     labels: np.ndarray | None = None
     original_labels: np.ndarray | None = None
 
+    def __post_init__(self) -> None:
+        """One place for the dtypes and shapes above: float32 arrays, ``history`` as (steps, N)
+        from the per-step lists the optimisers collect."""
+        self.images = np.asarray(self.images, np.float32)
+        self.history = np.asarray(self.history, np.float32).reshape(len(self.history), len(self.images))
+        self.values = np.asarray(self.values, np.float32)
+
     @property
     def native(self) -> np.ndarray:
         """The images in the caller's layout: (N, C, H, W) for NCHW (torch), else (N, H, W, C)."""
