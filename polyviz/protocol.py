@@ -42,6 +42,7 @@ __all__ = [
     "NativeCallable",
     "Objective",
     "Rule",
+    "LRPRule",
     "GUIDED",
     "DECONVNET",
     "LowResMasks",
@@ -74,7 +75,10 @@ class Capability:
     LAYER_WEIGHTS = "layer_weights"
     BUILD = "build"  # build a network from a NetworkSpec and export one (conversion)
     ZOO = "zoo"  # VGG16/VGG19 builders with ImageNet weight loading
-    LRP = "lrp"
+    LRP = "lrp"  # Rule(lrp=...) backward rules
+    DEEPLIFT = "deeplift"  # deeplift_gradient: rescale-rule multipliers against a reference
+    LAYER_REPLACE = "layer_replace"  # replaced_layer_gradients: continue the forward from given activations
+    REWEIGHT = "reweight"  # with_weights: a backend over a copy of the model with some layers' weights replaced
 
     ALL = frozenset(
         {
@@ -90,6 +94,9 @@ class Capability:
             BUILD,
             ZOO,
             LRP,
+            DEEPLIFT,
+            LAYER_REPLACE,
+            REWEIGHT,
         }
     )
 
@@ -219,6 +226,45 @@ _OBJECTIVE_TYPES = (ClassScore, OutputWeighting, ChannelMean, Neuron, LayerNorm,
 # --------------------------------------------------------------------------------------------
 
 
+#: LRP rule names (Montavon et al. 2019, "Layer-wise relevance propagation: an overview").
+LRP_RULES = ("zero", "epsilon", "gamma", "alpha_beta", "zbox")
+
+
+@dataclass(frozen=True)
+class LRPRule:
+    """How one weighted layer (conv, dense) redistributes relevance R_out to its input a.
+
+    With z_k = sum_j a_j w_jk + b_k the layer's output:
+
+    * ``zero`` (LRP-0): R_j = a_j sum_k w_jk R_k / z_k;
+    * ``epsilon``: R_j = a_j sum_k w_jk R_k / (z_k + epsilon * sign(z_k)) (sign(0) = +1);
+    * ``gamma``: as LRP-0 with w + gamma w^+ (and b + gamma b^+) in place of w (and b);
+    * ``alpha_beta``: alpha times LRP-0 on the positive contributions (a w)^+ minus beta times LRP-0
+      on the negative ones (a w)^-; biases are split the same way (alpha - beta = 1);
+    * ``zbox`` (z^B, for the first layer, inputs bounded by ``low`` <= a <= ``high``):
+      R_j = sum_k (a_j w_jk - l_j w_jk^+ - h_j w_jk^-) R_k / z^B_k.
+
+    Every stabiliser of a denominator is ``z + epsilon * sign(z)``; ``epsilon`` defaults to 1e-6
+    for every rule (zennit's default), a pure stabiliser except for the ``epsilon`` rule, where the
+    caller picks a larger one (0.25 in the VGG16 composite). ``low``/``high``: scalars or one value
+    per input channel, in the model's input space (after the backend's preprocessing).
+    """
+
+    name: str
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 1.0
+    beta: float = 0.0
+    low: float | tuple[float, ...] = 0.0
+    high: float | tuple[float, ...] = 1.0
+
+    def __post_init__(self) -> None:
+        if self.name not in LRP_RULES:
+            raise InputError(f"rule: unknown LRP rule {self.name!r} (expected one of {', '.join(LRP_RULES)})")
+        if self.name == "alpha_beta" and abs(self.alpha - self.beta - 1.0) > 1e-9:
+            raise InputError(f"rule: alpha_beta needs alpha - beta = 1, got alpha={self.alpha}, beta={self.beta}")
+
+
 @dataclass(frozen=True)
 class Rule:
     """A modified backward pass, given as data.
@@ -226,18 +272,36 @@ class Rule:
     ``relu="guided"``: every ReLU passes back only positive gradient at positive input
     (Springenberg et al. 2014). ``relu="deconvnet"``: every ReLU passes back only positive
     gradient, whatever its forward input (Zeiler & Fergus 2013). ``None``: the true gradient.
-    The forward pass is unchanged in every case.
+
+    ``lrp``: layer-wise relevance propagation, ((layer name, :class:`LRPRule`), ...) for every
+    weighted layer (conv, dense) of the model. The backward pass then carries relevance: each
+    weighted layer redistributes by its rule, ReLUs and other element-wise activations pass
+    relevance through unchanged, max pooling passes it to the maximum (its gradient), average
+    pooling redistributes in proportion to the contributions (LRP-0), and flatten, reshape and
+    dropout move it along. The seed at the output is the objective's gradient (1 at the target),
+    so the relevance at the input sums to about 1 for a class score; multiply by the score for
+    relevance in the score's units. The forward pass is unchanged in every case.
     """
 
     relu: str | None = None
+    lrp: tuple[tuple[str, LRPRule], ...] = ()
 
     def __post_init__(self) -> None:
         if self.relu not in (None, "guided", "deconvnet"):
             raise InputError(f"rule: relu must be None, 'guided' or 'deconvnet', got {self.relu!r}")
+        if self.lrp and self.relu is not None:
+            raise InputError("rule: an LRP rule cannot be combined with a ReLU rule")
+        for item in self.lrp:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], LRPRule)):
+                raise InputError(f"rule: lrp expects (layer name, LRPRule) pairs, got {item!r}")
 
     @property
     def is_identity(self) -> bool:
-        return self.relu is None
+        return self.relu is None and not self.lrp
+
+    def lrp_rules(self) -> dict[str, LRPRule]:
+        """The LRP rule per layer name."""
+        return dict(self.lrp)
 
 
 GUIDED = Rule(relu="guided")
@@ -603,6 +667,77 @@ class Backend(ABC):
             objective.targets(m)
         return self._layer_masked_scores(x, layer, keep, sample_index, objective)
 
+    def deeplift_gradient(self, x: np.ndarray, reference: np.ndarray, objective: Objective) -> Gradients:
+        """DeepLIFT multipliers (Shrikumar et al. 2017, arXiv:1704.02685, rescale rule) of the
+        objective with respect to x against ``reference``: ``values`` (N,) the objective at x and
+        ``gradient`` m (N, H, W, C) such that ``(x - reference) * m`` is the DeepLIFT attribution.
+
+        The backward pass replaces every ReLU's (and other element-wise nonlinearity's) local
+        gradient by (f(z) - f(z')) / (z - z'), z' from the reference pass (the true gradient where
+        |z - z'| < 1e-10), and max pooling by Captum's rule; linear layers are differentiated as
+        they are. ``reference``: one image (H, W, C) for every sample or one per sample.
+        """
+        self.require(Capability.DEEPLIFT)
+        x = self.check_x(x)
+        reference = self._check_baseline(reference, x)
+        if reference.ndim == 0:
+            reference = np.full_like(x, float(reference))
+        reference = np.ascontiguousarray(np.broadcast_to(reference, x.shape), dtype=np.float32)
+        self._check_objective(objective, len(x))
+        return self._deeplift_gradient(x, reference, objective)
+
+    def replaced_layer_gradients(
+        self, x: np.ndarray, layer: str, activation: np.ndarray, objective: Objective
+    ) -> LayerGradients:
+        """Run the model on ``x`` with the output of ``layer`` replaced by ``activation`` (shaped
+        like that output, channels-last, one per sample) and the forward pass continued from it;
+        return the objective values, ``{layer: activation}`` and d(objective)/d(activation).
+        Layer integrated gradients interpolates a layer's activations this way (Captum's
+        ``LayerIntegratedGradients``)."""
+        self.require(Capability.LAYER_REPLACE)
+        x = self.check_x(x)
+        (layer,) = self.check_layers([layer])
+        activation = np.asarray(activation, dtype=np.float32)
+        shape = self.layer_info(layer).output_shape
+        if activation.ndim < 1 or activation.shape[0] != len(x) or (
+            shape is not None and tuple(activation.shape[1:]) != tuple(shape)
+        ):
+            raise InputError(
+                f"activation: expected one activation of layer {layer!r} per sample, shape "
+                f"({len(x)}, {', '.join(map(str, shape)) if shape else '...'}), got {activation.shape}"
+            )
+        if not np.all(np.isfinite(activation)):
+            raise InputError("activation: contains NaN or infinite values")
+        self._check_objective(objective, len(x))
+        if objective.layers:
+            raise InputError("objective: replaced_layer_gradients takes an output objective (ClassScore, ...)")
+        return self._replaced_layer_gradients(x, layer, np.ascontiguousarray(activation), objective)
+
+    def with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:
+        """A backend of the same kind over a *copy* of the model in which the named layers'
+        weights are replaced (``{layer: {"kernel": ..., "bias": ...}}``, canonical layout as
+        :meth:`layer_weights` returns them, same shapes). The user's model is not touched. Used by
+        the model-randomisation sanity check (Adebayo et al. 2018)."""
+        self.require(Capability.REWEIGHT)
+        names = self.check_layers(list(weights))
+        checked: dict[str, dict[str, np.ndarray]] = {}
+        for name in names:
+            current = self.layer_weights(name)
+            given = weights[name]
+            if set(given) - set(current):
+                raise InputError(
+                    f"weights: layer {name!r} has weights {sorted(current)}, got {sorted(given)}"
+                )
+            checked[name] = {}
+            for key, value in given.items():
+                arr = np.asarray(value, dtype=np.float32)
+                if arr.shape != current[key].shape:
+                    raise InputError(
+                        f"weights: {name!r} {key} expected shape {current[key].shape}, got {arr.shape}"
+                    )
+                checked[name][key] = arr
+        return self._with_weights(checked)
+
     def layers(self) -> list[LayerInfo]:
         """Every named layer in execution order: name, type, output shape, parameters, trainable."""
         key = self.last_input_shape[1:] if self.last_input_shape is not None else None
@@ -708,8 +843,11 @@ class Backend(ABC):
             return Rule()
         if not isinstance(rule, Rule):
             raise InputError(f"rule: expected a polyviz.protocol.Rule, got {type(rule).__name__}")
-        if not rule.is_identity:
+        if rule.relu is not None:
             self.require(Capability.RELU_RULES)
+        if rule.lrp:
+            self.require(Capability.LRP)
+            self.check_layers([name for name, _ in rule.lrp])
         return rule
 
     def _check_objective(self, objective: Any, n: int) -> None:
@@ -787,6 +925,17 @@ class Backend(ABC):
         sample_index: np.ndarray,
         objective: ClassScore | None,
     ) -> np.ndarray:
+        raise NotImplementedError
+
+    def _deeplift_gradient(self, x: np.ndarray, reference: np.ndarray, objective: Objective) -> Gradients:
+        raise NotImplementedError
+
+    def _replaced_layer_gradients(
+        self, x: np.ndarray, layer: str, activation: np.ndarray, objective: Objective
+    ) -> LayerGradients:
+        raise NotImplementedError
+
+    def _with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:
         raise NotImplementedError
 
     @abstractmethod
