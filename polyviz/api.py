@@ -163,6 +163,7 @@ def explain(
         options={**info.options, **options, **result.metadata},
         layout=caller_layout.name,
         inputs=xs,
+        kind=info.kind,
     )
 
 

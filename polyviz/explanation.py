@@ -15,11 +15,13 @@ __all__ = ["Explanation"]
 class Explanation:
     """Raw, signed, unnormalised float32 attributions and their metadata.
 
-    ``attribution``: input-shaped in the caller's layout for input-space methods, or (N, H, W) at
-    input resolution for map methods (CAMs, occlusion). ``layer_attribution``: (N, h, w) at the
-    layer's resolution (CAM methods). ``target``: the class explained per sample. ``scores``: the
-    model's score for that class where computed. Normalising, clipping and colouring happen only
-    in :meth:`render`.
+    ``attribution``: input-shaped in the caller's layout for input-space methods (``kind="input"``),
+    (N, H, W) at input resolution for map methods (CAMs, occlusion; ``kind="map"``), or shaped like
+    one layer's output for layer methods (``kind="layer"``): (N, h, w, C) channels-last whatever the
+    caller's layout (as ``neuron=`` indices and ``Backend.layer_activations`` are), or (N, units).
+    ``layer_attribution``: (N, h, w) at the layer's resolution (CAM methods). ``target``: the
+    class explained per sample. ``scores``: the model's score for that class where computed.
+    Normalising, clipping and colouring happen only in :meth:`render`.
     """
 
     attribution: np.ndarray
@@ -32,18 +34,33 @@ class Explanation:
     options: dict[str, Any] = field(default_factory=dict)
     layout: str = "NHWC"
     inputs: np.ndarray | None = field(default=None, repr=False)  # (N, H, W, C) channels-last
+    #: "input", "map" or "layer" (see above); None infers "map" for (N, H, W), else "input".
+    kind: str | None = None
 
-    @property
-    def kind(self) -> str:
-        """'map' for (N, H, W) maps, 'input' for input-shaped attributions."""
-        return "map" if self.attribution.ndim == 3 else "input"
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = "map" if np.ndim(self.attribution) == 3 else "input"
+        if self.kind not in ("input", "map", "layer"):
+            from polyviz.errors import InputError
+
+            raise InputError(f"kind: expected 'input', 'map' or 'layer', got {self.kind!r}")
 
     def heatmap(self, index: int = 0) -> np.ndarray:
         """(H, W) map of sample ``index``: the map itself, or the sum over channels of an
-        input-shaped attribution (signed)."""
+        input-shaped attribution (signed); for a layer attribution (h, w, C), the sum over its
+        channels at the layer's resolution (:meth:`render` upsamples it to the input)."""
         a = self.attribution[index]
         if self.kind == "map":
             return a
+        if self.kind == "layer":
+            if a.ndim != 3:
+                from polyviz.errors import InputError
+
+                raise InputError(
+                    f"attribution: the attribution of layer {self.layer!r} has shape {a.shape} per sample, no "
+                    "(h, w, C) map to show; read explanation.attribution instead"
+                )
+            return a.sum(axis=-1)
         return a.sum(axis=0) if self.layout == "NCHW" else a.sum(axis=-1)
 
     def _check_index(self, index: int) -> int:
@@ -80,7 +97,9 @@ class Explanation:
         input-shaped attributions 'gradient', 'grayscale', 'positive', 'negative'. ``sign`` ('absolute'
         by default for the map styles: 'absolute', 'positive', 'negative' or 'all'), ``cmap``
         (None: 'jet', or 'bwr' for sign 'all'), ``alpha`` (0.5 for 'overlay') and ``clip_percentile``
-        go to the style that takes them, as do further ``options`` (e.g. ``vmax``). Display
+        go to the style that takes them, as do further ``options`` (e.g. ``vmax``). A layer
+        attribution (h, w, C) renders with the map styles only: its channel sum, upsampled
+        (bilinear, :mod:`polyviz.interpolation`) to the input's size when the input is kept. Display
         normalisation happens here only; the stored values stay raw.
         """
         from polyviz.render import picture
@@ -92,7 +111,15 @@ class Explanation:
         if style in map_styles:
             opts.setdefault("sign", "absolute")
         image = None if self.inputs is None else self.inputs[i]
+        if self.kind == "layer" and style not in (*map_styles, "original"):
+            from polyviz.errors import InputError
+
+            raise InputError(f"style: a layer attribution renders with the map styles {map_styles}, not {style!r}")
         attribution = self.heatmap(i) if style in map_styles else self.attribution_hwc(i)
+        if self.kind == "layer" and style in map_styles and image is not None and attribution.shape != image.shape[:2]:
+            from polyviz import interpolation
+
+            attribution = interpolation.resize(attribution, tuple(image.shape[:2]))
         return picture(attribution, image, style=style, **opts, **options)
 
     def save(self, path: str | Path, index: int = 0, **style: Any) -> Path:

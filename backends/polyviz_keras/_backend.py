@@ -53,6 +53,7 @@ class KerasBackend(Backend):
             Capability.LAYER_WEIGHTS,
             Capability.BUILD,
             Capability.ZOO,
+            Capability.LAYER_REPLACE,
         }
     )
 
@@ -174,6 +175,25 @@ class KerasBackend(Backend):
             {name: a.numpy() for name, a in zip(names, acts)},
             {name: g.numpy() for name, g in zip(names, grads)},
         )
+
+    def _replaced_layer_gradients(
+        self, x: np.ndarray, layer: str, activation: np.ndarray, objective: Objective
+    ) -> LayerGradients:
+        from polyviz_keras._functions import cached, make_replaced, objective_data, objective_static
+
+        n = len(x)
+        check_output_objective(objective, self._out_shape(n))
+        data = objective_data(objective, n, tuple(self.output_shape[1:]), None)
+        static = objective_static(objective)
+        key = self._key("replaced", tuple(x.shape[1:]), layer, tuple(activation.shape[1:]), static,
+                        tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items())))
+        fn = cached(
+            self.model, key,
+            lambda: make_replaced(self.model, key, x.shape, activation.shape, data, static, layer,
+                                  self.preprocess, self.logits),
+        )
+        values, grad = self._call(fn, x, activation, data)
+        return LayerGradients(values.numpy().astype(np.float32), {layer: activation}, {layer: grad.numpy()})
 
     def _layer_activations(self, x: np.ndarray, layers: list[str], include_output: bool) -> dict[str, np.ndarray]:
         names = tuple(dict.fromkeys(layers))

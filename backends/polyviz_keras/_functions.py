@@ -225,3 +225,27 @@ def make_gradient(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.
         return float32(values), tape.gradient(total, x, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     return gradient
+
+
+def make_replaced(model: Any, key: Hashable, x_shape: tuple, act_shape: tuple, data: dict[str, np.ndarray],
+                  objective_key: Hashable, layer: str, pre: Preprocess | None, logits: bool) -> Callable[..., Any]:
+    """(x, activation, data) -> (values, d values / d activation): the forward runs on x with
+    ``layer``'s output replaced by ``activation`` (the layer itself is skipped); only the
+    activation is watched, so nothing below the layer is differentiated."""
+    ref = weakref.ref(model)
+    act_spec = tf.TensorSpec((None, *act_shape[1:]), tf.float32)
+
+    @tf.function(input_signature=[x_signature(x_shape), act_spec, data_signature(data)], autograph=False)
+    def replaced(x: tf.Tensor, activation: tf.Tensor, data: dict[str, tf.Tensor]) -> Any:
+        count_trace(key)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(activation)
+            stand_in = tf.cast(activation, compute_dtype(ref()))
+            run = Run(record=frozenset({layer}), logits=logits, replace={layer: stand_in})
+            out = forward_through(ref, x, run, pre)
+            values = evaluate(objective_key, out, run.recorded, data)
+            total = tf.reduce_sum(values)
+        grad = tape.gradient(total, activation, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return float32(values), float32(grad)
+
+    return replaced

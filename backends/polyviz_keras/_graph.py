@@ -148,6 +148,8 @@ class Run:
     relu_rule: str | None = None
     logits: bool = True
     scale: dict[str, tf.Tensor] = field(default_factory=dict)
+    #: layer name -> the tensor that stands for its output (the layer itself is not called)
+    replace: dict[str, tf.Tensor] = field(default_factory=dict)
     recorded: dict[str, tf.Tensor] = field(default_factory=dict)
     logits_tensor: tf.Tensor | None = None
     softmax_layer: Any = None
@@ -175,7 +177,9 @@ def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
     def wrap(layer: Any) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             name = prefix + layer.name
-            if is_nested(layer):
+            if name in run.replace:
+                out = run.replace[name]
+            elif is_nested(layer):
                 inner = args[0] if args else kwargs.get("inputs")
                 out = _run_graph(graph_of(layer), inner, run, name + SEP)
             else:

@@ -52,6 +52,7 @@ class TorchBackend(Backend):
             Capability.LAYER_WEIGHTS,
             Capability.BUILD,
             Capability.ZOO,
+            Capability.LAYER_REPLACE,
         }
     )
 
@@ -167,6 +168,13 @@ class TorchBackend(Backend):
         objective: ClassScore | None,
     ) -> np.ndarray:
         return self._runner().layer_masked_scores(x, layer, keep, sample_index, objective, MASK_BATCH)
+
+    def _replaced_layer_gradients(
+        self, x: np.ndarray, layer: str, activation: np.ndarray, objective: Objective
+    ) -> LayerGradients:
+        from polyviz_torch._replace import replaced_layer_gradients
+
+        return replaced_layer_gradients(self._runner(), x, layer, activation, objective)
 
     def _layers(self) -> list[LayerInfo]:
         return list(self._probe().infos)
