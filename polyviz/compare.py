@@ -3,10 +3,9 @@ agree, how often each map points at the object, and the gallery page that shows 
 
 Used by ``polyviz demo``, ``polyviz gallery`` and ``polyviz crosscheck``. Agreement is the relative
 L2 distance of the raw ``.attribution`` arrays, ``||a - b|| / max(||a||, ||b||)``. The pointing
-game (Zhang et al. 2016, "Top-down Neural Attention by Excitation Backprop", arXiv:1608.00507)
-counts a hit when the maximum of the map's magnitude lies inside the ground-truth object mask
-(here with no tolerance margin); input-shaped attributions are reduced to a map by summing
-``|attribution|`` over the channels.
+game is :func:`polyviz.metrics.pointing_game`'s (Zhang et al. 2016, arXiv:1608.00507), with no
+tolerance margin: a hit when the peak of the map's magnitude lies on the ground-truth object mask,
+the layer-resolution map for CAMs, ``|attribution|`` summed over channels for input-shaped ones.
 """
 
 from __future__ import annotations
@@ -148,21 +147,18 @@ def relative_l2(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def magnitude_maps(explanation: Any) -> np.ndarray:
-    """(N, H, W) magnitude maps: |map|, or the sum of |attribution| over channels."""
-    a = np.abs(np.asarray(explanation.attribution, np.float64))
-    if a.ndim == 3:
-        return a
-    return a.sum(axis=1) if explanation.layout == "NCHW" else a.sum(axis=-1)
+    """(N, h, w) magnitude maps the pointing game looks at (see :func:`polyviz.metrics.explanation_map`)."""
+    from polyviz.metrics.pointing import explanation_map
+
+    return explanation_map(explanation)
 
 
 def pointing_hits(explanation: Any, masks: np.ndarray) -> np.ndarray:
-    """(N,) bool: the maximum of each sample's magnitude map lies inside its mask."""
-    maps = magnitude_maps(explanation)
-    masks = np.asarray(masks, bool)
-    if maps.shape != masks.shape:
-        raise InputError(f"masks: expected shape {maps.shape}, got {masks.shape}")
-    flat = maps.reshape(len(maps), -1).argmax(axis=1)
-    return masks.reshape(len(masks), -1)[np.arange(len(maps)), flat]
+    """(N,) bool: the peak of each sample's magnitude map lies on its mask
+    (:func:`polyviz.metrics.pointing_hits`, no tolerance)."""
+    from polyviz.metrics.pointing import pointing_hits as hits
+
+    return hits(magnitude_maps(explanation), masks)
 
 
 def summary_rows(

@@ -8,6 +8,7 @@ import polyviz
 from backends import ALL, INSTALLED, both_frameworks, rel
 from polyviz.datasets import shapes
 from polyviz.errors import ModelError, WeightsNotFoundError
+from polyviz.metrics import pointing_game as metrics_pointing_game
 from polyviz.models.demo import DEMO_WEIGHTS, demo_spec, load_weights, save_weights
 
 #: Neither the training set (seed 0) nor the script's held-out set (seed 12345).
@@ -99,20 +100,12 @@ def test_wrong_weights_file(tmp_path):
 
 
 def pointing_game(explanation, masks, tolerance=0.0):
-    """Fraction of images whose map peak hits the mask (Zhang et al. 2016, arXiv:1608.00507; their
-    tolerance is 15 px at 224 px, about 4 px at 64 px). The peak is the centre of the layer map's
-    top cell, a point between four pixels; a hit is a mask pixel within ``tolerance`` px of it (0:
-    one of the four). The argmax of the upsampled map is no good peak: near the border bilinear
-    upsampling is flat over half a cell, and the first argmax of that plateau lands on the frame."""
-    lm = explanation.layer_attribution
-    n, h, w = lm.shape
-    size = masks.shape[1]
-    top = lm.reshape(n, -1).argmax(1)
-    py, px = (top // w + 0.5) * size / h - 0.5, (top % w + 0.5) * size / w - 0.5
-    yy, xx = np.mgrid[0:size, 0:size]
-    d2 = (yy[None] - py[:, None, None]) ** 2 + (xx[None] - px[:, None, None]) ** 2
-    nearest = np.sqrt(np.where(masks, d2, np.inf).min(axis=(1, 2)))
-    return float((nearest <= max(tolerance, np.sqrt(0.5)) + 1e-9).mean())
+    """Fraction of images whose map peak hits the mask: polyviz.metrics.pointing_game (Zhang et al.
+    2016, arXiv:1608.00507; their tolerance is 15 px at 224 px, about 4 px at 64 px). For Grad-CAM
+    the peak is the centre of the layer map's top cell, a point between four pixels (the argmax of
+    the upsampled map is no good peak: near the border bilinear upsampling is flat over half a cell,
+    and the first argmax of that plateau lands on the frame)."""
+    return float(metrics_pointing_game(None, None, masks, attribution=explanation, tolerance=tolerance).mean())
 
 
 @pytest.mark.parametrize("backend", ALL)

@@ -54,6 +54,7 @@ class KerasBackend(Backend):
             Capability.BUILD,
             Capability.ZOO,
             Capability.LAYER_REPLACE,
+            Capability.REWEIGHT,
         }
     )
 
@@ -254,6 +255,15 @@ class KerasBackend(Backend):
             infos.append(LayerInfo(name, type(layer).__name__, shape, int(layer.count_params()) if layer.built else 0,
                                    bool(layer.trainable)))
         return infos
+
+    def _with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:
+        from polyviz_keras._reweight import reweighted_copy
+
+        clone = reweighted_copy(self.model, weights)
+        backend = type(self)(clone, preprocess=self.preprocess, logits=self.logits)
+        backend._owned_model = clone  # the backend holds its model weakly: keep the copy alive with it
+        backend.last_input_shape = self.last_input_shape
+        return backend
 
     def _layer_weights(self, name: str) -> dict[str, np.ndarray]:
         from polyviz_keras._graph import iter_layers

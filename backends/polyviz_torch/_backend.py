@@ -53,6 +53,7 @@ class TorchBackend(Backend):
             Capability.BUILD,
             Capability.ZOO,
             Capability.LAYER_REPLACE,
+            Capability.REWEIGHT,
         }
     )
 
@@ -178,6 +179,15 @@ class TorchBackend(Backend):
 
     def _layers(self) -> list[LayerInfo]:
         return list(self._probe().infos)
+
+    def _with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:
+        from polyviz_torch._reweight import reweighted_copy
+
+        clone = reweighted_copy(self.model, weights, self._probe())
+        backend = type(self)(clone, preprocess=self.preprocess, input_shape=self._input_shape_option)
+        backend._owned_model = clone  # the backend holds its model weakly: keep the copy alive with it
+        backend.last_input_shape = self.last_input_shape
+        return backend
 
     def _layer_weights(self, name: str) -> dict[str, np.ndarray]:
         from polyviz_torch._impl import layer_weights

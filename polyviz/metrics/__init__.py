@@ -1,0 +1,51 @@
+"""Metrics that judge explanations (catalog section G), numpy only, for any method and backend.
+
+* :func:`infidelity` (Yeh et al. 2019) and :func:`max_sensitivity` (Yeh et al. 2019), with
+  Captum's semantics (``captum.metrics.infidelity`` / ``sensitivity_max``);
+* :func:`deletion_auc` / :func:`insertion_auc` (Petsiuk et al. 2018, RISE);
+* :func:`pointing_game` (Zhang et al. 2016) against object masks;
+* :func:`sanity_check` (Adebayo et al. 2018): cascading and independent model-parameter
+  randomisation on a copy of the model, with numpy-drawn weights that are the same in every
+  framework.
+
+Every metric takes the model (or a :class:`~polyviz.Backend`), a batch ``x`` in the model's native
+layout (or ``layout=``), the targets (default: the predicted class), and either a method name with
+its options (``method="integrated_gradients", n_steps=16``) or precomputed attributions
+(``attribution=explanation``). All randomness comes from ``seed`` through numpy.
+"""
+
+from __future__ import annotations
+
+from polyviz.metrics.deletion import (
+    Curves,
+    blur,
+    deletion_auc,
+    deletion_curve,
+    insertion_auc,
+    insertion_curve,
+)
+from polyviz.metrics.infidelity import infidelity, infidelity_perturbations
+from polyviz.metrics.pointing import explanation_map, pointing_game, pointing_hits
+from polyviz.metrics.sanity import SanityCheck, sanity_check, similarity, spearman, weighted_layers
+from polyviz.metrics.sensitivity import max_sensitivity, sensitivity_perturbations
+
+__all__ = [
+    "Curves",
+    "SanityCheck",
+    "blur",
+    "deletion_auc",
+    "deletion_curve",
+    "explanation_map",
+    "infidelity",
+    "infidelity_perturbations",
+    "insertion_auc",
+    "insertion_curve",
+    "max_sensitivity",
+    "pointing_game",
+    "pointing_hits",
+    "sanity_check",
+    "sensitivity_perturbations",
+    "similarity",
+    "spearman",
+    "weighted_layers",
+]
