@@ -414,6 +414,25 @@ def check_safety_when_objective_raises(c: Conformance) -> None:
     assert_close(c.backend.forward(c.x), c.reference.output(c.x), "forward after an exception")
 
 
+def check_replaced_layer_gradients(c: Conformance) -> None:
+    """The forward continued from another batch's activations of a layer gives that batch's
+    scores and layer gradients (the network above the layer sees only the replacement)."""
+    if not c.has(Capability.LAYER_REPLACE):
+        return
+    before = c.fingerprint()
+    other = c.x[::-1] * 0.5
+    trace = c.reference.forward(other)
+    for s in ("relu2", "fc1"):
+        idx = c.reference.index(s)
+        activation = trace.outputs[idx].astype(np.float32)
+        res = c.backend.replaced_layer_gradients(c.x, c.name(s), activation, ClassScore(c.targets.tolist()))
+        expected = c.reference.backward(trace, c.one_hot(c.targets), upto=idx + 1)
+        assert_close(res.values, trace.outputs[-1][np.arange(3), c.targets], f"replaced_layer_gradients values at {s}")
+        assert_close(res.gradients[c.name(s)], expected, f"replaced_layer_gradients gradient at {s}")
+        assert_close(res.activations[c.name(s)], activation, f"replaced_layer_gradients activation at {s}")
+    _unchanged(c, before, "replaced_layer_gradients")
+
+
 CHECKS: list[Callable[[Conformance], None]] = [
     check_reference_matches_finite_differences,
     check_claims_and_forward,
@@ -426,6 +445,7 @@ CHECKS: list[Callable[[Conformance], None]] = [
     check_native_callable,
     check_masked_scores,
     check_layer_masked_scores,
+    check_replaced_layer_gradients,
     check_layers_listing,
     check_preprocess,
     check_bad_inputs,
