@@ -160,6 +160,36 @@ def test_neuron_methods_match_captum(bk, spec_layer, neuron, reference):
     assert_unchanged(bk, model, fingerprint)
 
 
+@pytest.mark.parametrize("bk", ALL)
+def test_neuron_gradient_shap_matches_captum_with_the_same_draws(bk, reference, monkeypatch):
+    """Captum's NeuronGradientShap fed polyviz's draws (as tests/test_gradients.py does for
+    GradientShap): torch.normal -> our noise, np.random.choice -> our baseline indices,
+    np.random.uniform -> our alphas."""
+    import torch
+    from captum.attr import NeuronGradientShap
+
+    tmodel, tnames, _ = reference
+    model, names = build(bk, SPEC, seed=0)
+    dist = images(3, seed=7) * 0.3
+    n, stdev, seed, neuron = 4, 0.05, 11, (3, 5, 1)
+    rng = np.random.default_rng(seed)
+    pick, alpha = rng.integers(0, 3, 2 * n), rng.uniform(0.0, 1.0, 2 * n)
+    noise = np.random.default_rng(seed + 1).standard_normal((2 * n, 16, 16, 3), dtype=np.float32)
+    monkeypatch.setattr(torch, "normal", lambda mean, std: std * torch.from_numpy(nchw(noise)))
+    monkeypatch.setattr(np.random, "choice", lambda k, size: pick.copy())
+    monkeypatch.setattr(np.random, "uniform", lambda lo, hi, size: alpha.copy())
+    module = dict(tmodel.named_modules())[tnames[CONV]]
+    expected = NeuronGradientShap(tmodel, module).attribute(
+        torch.from_numpy(nchw(X)), neuron_selector=(neuron[2], neuron[0], neuron[1]),
+        baselines=torch.from_numpy(nchw(dist)), n_samples=n, stdevs=stdev)
+    monkeypatch.undo()
+    e = explain(model, X, "neuron_gradient_shap", layer=names[CONV], neuron=neuron, baselines=dist, n_samples=n,
+                stdevs=stdev, seed=seed, batch_size=3)
+    expected = channels_last(expected.detach().numpy())
+    assert np.abs(expected).max() > 0
+    assert rel(e.attribution, expected) <= 1e-4
+
+
 def assert_unchanged(bk, model, fingerprint):
     after = backend_class(bk).state_fingerprint(model)
     assert after.keys() == fingerprint.keys()
@@ -201,7 +231,7 @@ def test_bad_neuron_and_layer_name_the_argument(bk):
         ({"layer": dense, "neuron": "a"}, InputError, "neuron: expected a tuple of ints"),
         ({"layer": dense, "neuron": (1.5,)}, InputError, "neuron: expected a tuple of ints"),
     ]
-    for method in ("neuron_gradient", "neuron_integrated_gradients", "neuron_conductance"):
+    for method in ("neuron_gradient", "neuron_integrated_gradients", "neuron_conductance", "neuron_gradient_shap"):
         for kw, error, message in cases:
             with pytest.raises(error, match=message):
                 explain(model, X, method, target=0, **kw)

@@ -9,7 +9,9 @@ and without the batch axis: ``(h, w, c)`` for a convolutional map (row, column, 
 * ``neuron_gradient``: ``dy/dx`` of the unit's value ``y``;
 * ``neuron_integrated_gradients``: integrated gradients of ``y`` (Sundararajan et al. 2017);
 * ``neuron_conductance`` (Dhamdhere et al. 2018, arXiv:1805.12233): the part of the target score's
-  integrated gradients that flows through the unit, ``(x - x') integral dS/dy dy/dx``.
+  integrated gradients that flows through the unit, ``(x - x') integral dS/dy dy/dx``;
+* ``neuron_gradient_shap``: gradient SHAP (Lundberg & Lee 2017) of ``y``, with the draws of
+  :func:`~polyviz.techniques.gradients.gradient_shap`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import numpy as np
 from polyviz.errors import InputError, TargetError
 from polyviz.protocol import Capability, ClassScore, Neuron
 from polyviz.techniques import Context, Result, method
-from polyviz.techniques.gradients import _add_by_sample, _baseline, _stream, ig_quadrature
+from polyviz.techniques.gradients import _add_by_sample, _baseline, _stream, gradient_shap, ig_quadrature
 from polyviz.techniques.layer import path_points, target_layer
 
-__all__ = ["neuron_gradient", "neuron_integrated_gradients", "neuron_conductance", "neuron_index"]
+__all__ = ["neuron_gradient", "neuron_integrated_gradients", "neuron_conductance", "neuron_gradient_shap", "neuron_index"]
 
 _GRAD = (Capability.INPUT_GRADIENT,)
 _CONDUCTANCE = (Capability.INPUT_GRADIENT, Capability.LAYER_GRADIENTS)
@@ -137,3 +139,39 @@ def neuron_conductance(
         scale = (weights[step] * through).reshape(-1, 1, 1, 1)
         _add_by_sample(acc, sample, inner * scale)
     return Result(attribution=((x - base) * acc).astype(np.float32), metadata={"alphas": alphas, "weights": weights})
+
+
+class _UnitGradients:
+    """The backend as a class-score technique sees it, with every input gradient taken of the unit
+    ``objective`` instead: lets :func:`neuron_gradient_shap` reuse gradient SHAP's draws and
+    batching unchanged. Anything else the technique would ask (a forward pass for class scores)
+    is refused rather than answered for the class."""
+
+    def __init__(self, backend: Any, objective: Neuron) -> None:
+        self._backend = backend
+        self._objective = objective
+
+    def input_gradient(self, x: np.ndarray, objective: Any, rule: Any = None) -> Any:
+        return self._backend.input_gradient(x, self._objective, rule)
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"neuron methods reuse input_gradient only, not {name!r}")
+
+
+@method(
+    "neuron_gradient_shap",
+    "Neuron gradient SHAP (Lundberg & Lee 2017): gradient SHAP of one unit of a layer (Captum's NeuronGradientShap)",
+    kind="input", needs_layer=True, needs_baseline=True, capabilities=_GRAD, family="neuron",
+)
+def neuron_gradient_shap(
+    ctx: Context, *, neuron: Any = None, n_samples: int = 25, stdevs: float = 0.0, baselines: float | np.ndarray = 0.0
+) -> Result:
+    """:func:`~polyviz.techniques.gradients.gradient_shap` of the unit ``y`` at ``neuron`` of
+    ``layer`` instead of the target score (Captum's ``NeuronGradientShap``): the mean over
+    ``n_samples`` draws per sample of ``(x~ - b) * dy/dx(alpha x~ + (1 - alpha) b)``, with the same
+    draws from ``seed`` (baseline indices, alphas, noise) as ``gradient_shap``. The target is not used."""
+    layer, index = neuron_index(ctx, neuron)
+    unit = Context(_UnitGradients(ctx.backend, Neuron(layer, index)), ctx.x, ctx.targets, layer,  # type: ignore[arg-type]
+                   ctx.batch_size, ctx.seed, ctx.progress)
+    result = gradient_shap(unit, n_samples=n_samples, stdevs=stdevs, baselines=baselines)
+    return Result(attribution=result.attribution, metadata=result.metadata)
