@@ -190,6 +190,50 @@ def test_neuron_gradient_shap_matches_captum_with_the_same_draws(bk, reference, 
     assert rel(e.attribution, expected) <= 1e-4
 
 
+def pool_safe(model):
+    """A copy of ``model`` with ``x * 1`` in front of every MaxPool2d: the same function, on which
+    Captum's DeepLift hooks see the max-pool multipliers (with a ReLU module straight into a
+    MaxPool module, Captum's ReLU hook rescales the plain max-pool gradient; see
+    tests/test_deeplift.py and pytorch/captum#1104). Module names of the other layers are kept."""
+    import copy
+
+    from torch import nn
+
+    class TimesOne(nn.Module):
+        def forward(self, x):
+            return x * 1.0
+
+    clone = copy.deepcopy(model)
+    for module in list(clone.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(module, name, nn.Sequential(TimesOne(), child))
+    return clone.eval()
+
+
+@pytest.mark.parametrize("bk", ALL)
+def test_neuron_deeplift_shap_matches_captum(bk, reference):
+    import torch
+    from captum.attr import NeuronDeepLiftShap
+
+    if "deeplift" not in backend_class(bk).capabilities:
+        pytest.skip(f"the {bk} backend has no DeepLIFT")
+    tmodel, tnames, _ = reference
+    tmodel = pool_safe(tmodel)
+    model, names = build(bk, SPEC, seed=0)
+    dist = images(3, seed=8) * 0.3
+    for spec_layer, neuron in ((CONV, (3, 5, 1)), (DENSE, (8,))):
+        selector = (neuron[2], neuron[0], neuron[1]) if len(neuron) == 3 else neuron
+        module = dict(tmodel.named_modules())[tnames[spec_layer]]
+        expected = NeuronDeepLiftShap(tmodel, module).attribute(
+            torch.from_numpy(nchw(X)), neuron_selector=selector, baselines=torch.from_numpy(nchw(dist)))
+        expected = channels_last(expected.detach().numpy())
+        e = explain(model, X, "neuron_deeplift_shap", layer=names[spec_layer], neuron=neuron, baselines=dist,
+                    batch_size=4)
+        assert np.abs(expected).max() > 0
+        assert rel(e.attribution, expected) <= 1e-4, (spec_layer, rel(e.attribution, expected))
+
+
 def assert_unchanged(bk, model, fingerprint):
     after = backend_class(bk).state_fingerprint(model)
     assert after.keys() == fingerprint.keys()
@@ -231,7 +275,10 @@ def test_bad_neuron_and_layer_name_the_argument(bk):
         ({"layer": dense, "neuron": "a"}, InputError, "neuron: expected a tuple of ints"),
         ({"layer": dense, "neuron": (1.5,)}, InputError, "neuron: expected a tuple of ints"),
     ]
-    for method in ("neuron_gradient", "neuron_integrated_gradients", "neuron_conductance", "neuron_gradient_shap"):
+    methods = ["neuron_gradient", "neuron_integrated_gradients", "neuron_conductance", "neuron_gradient_shap"]
+    if "deeplift" in backend_class(bk).capabilities:
+        methods.append("neuron_deeplift_shap")
+    for method in methods:
         for kw, error, message in cases:
             with pytest.raises(error, match=message):
                 explain(model, X, method, target=0, **kw)

@@ -11,7 +11,9 @@ and without the batch axis: ``(h, w, c)`` for a convolutional map (row, column, 
 * ``neuron_conductance`` (Dhamdhere et al. 2018, arXiv:1805.12233): the part of the target score's
   integrated gradients that flows through the unit, ``(x - x') integral dS/dy dy/dx``;
 * ``neuron_gradient_shap``: gradient SHAP (Lundberg & Lee 2017) of ``y``, with the draws of
-  :func:`~polyviz.techniques.gradients.gradient_shap`.
+  :func:`~polyviz.techniques.gradients.gradient_shap`;
+* ``neuron_deeplift_shap``: DeepLIFT (rescale rule, Shrikumar et al. 2017) of ``y`` averaged over a
+  distribution of references.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from polyviz.techniques import Context, Result, method
 from polyviz.techniques.gradients import _add_by_sample, _baseline, _stream, gradient_shap, ig_quadrature
 from polyviz.techniques.layer import path_points, target_layer
 
-__all__ = ["neuron_gradient", "neuron_integrated_gradients", "neuron_conductance", "neuron_gradient_shap", "neuron_index"]
+__all__ = ["neuron_gradient", "neuron_integrated_gradients", "neuron_conductance", "neuron_gradient_shap",
+           "neuron_deeplift_shap", "neuron_index"]
 
 _GRAD = (Capability.INPUT_GRADIENT,)
 _CONDUCTANCE = (Capability.INPUT_GRADIENT, Capability.LAYER_GRADIENTS)
@@ -175,3 +178,38 @@ def neuron_gradient_shap(
                    ctx.batch_size, ctx.seed, ctx.progress)
     result = gradient_shap(unit, n_samples=n_samples, stdevs=stdevs, baselines=baselines)
     return Result(attribution=result.attribution, metadata=result.metadata)
+
+
+@method(
+    "neuron_deeplift_shap",
+    "Neuron DeepLIFT SHAP (Shrikumar et al. 2017; Lundberg & Lee 2017): DeepLIFT of one unit of a layer averaged over references (Captum's NeuronDeepLiftShap)",
+    kind="input", needs_layer=True, needs_baseline=True, capabilities=(Capability.DEEPLIFT,), family="neuron",
+)
+def neuron_deeplift_shap(ctx: Context, *, neuron: Any = None, baselines: float | np.ndarray = 0.0) -> Result:
+    """The mean over the references ``b`` in ``baselines`` (a scalar, one image or a distribution
+    (B, H, W, C)) of DeepLIFT's ``(x - b) * m(x, b)`` for the unit ``y`` at ``neuron`` of ``layer``
+    (``Backend.deeplift_gradient`` with a :class:`~polyviz.protocol.Neuron` objective: the rescale
+    rule at the nonlinearities below the layer), as Captum's ``NeuronDeepLiftShap``. Every input is
+    paired with every reference (pair ``k``: sample ``k // B``, reference ``k % B``), ``batch_size``
+    pairs per call (default 16). The target is not used."""
+    layer, index = neuron_index(ctx, neuron)
+    x = ctx.x
+    try:
+        dist = np.asarray(baselines, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"baselines: expected a number or an array, got {type(baselines).__name__}") from None
+    dist = np.broadcast_to(dist, (1, *x.shape[1:])) if dist.ndim == 0 else dist[None] if dist.ndim == 3 else dist
+    if dist.ndim != 4 or dist.shape[1:] != x.shape[1:] or len(dist) == 0 or not np.all(np.isfinite(dist)):
+        raise InputError(
+            f"baselines: expected a scalar, one image {x.shape[1:]} or a distribution (B, *{x.shape[1:]}) of "
+            f"finite values (channels-last), got shape {np.shape(baselines)}"
+        )
+    n, b = len(x), len(dist)
+    objective = Neuron(layer, index)
+    acc = np.zeros(x.shape, np.float64)
+    for sl in ctx.chunks(n * b, 16, "neuron deeplift shap"):
+        sample, ref = np.divmod(np.arange(sl.start, sl.stop), b)
+        xs, refs = x[sample], np.ascontiguousarray(dist[ref])
+        out = ctx.backend.deeplift_gradient(xs, refs, objective)
+        _add_by_sample(acc, sample, (xs - refs) * out.gradient)
+    return Result(attribution=(acc / b).astype(np.float32))
