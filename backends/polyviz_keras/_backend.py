@@ -55,6 +55,7 @@ class KerasBackend(Backend):
             Capability.ZOO,
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
+            Capability.DEEPLIFT,
         }
     )
 
@@ -163,6 +164,22 @@ class KerasBackend(Backend):
                                   self.preprocess, self.logits, rule.relu),
         )
         return self._call(fn, x, data)
+
+    def _deeplift_gradient(self, x: np.ndarray, reference: np.ndarray, objective: Objective) -> Gradients:
+        from polyviz_keras._deeplift import make_deeplift
+        from polyviz_keras._functions import cached, objective_data, objective_static
+
+        n = len(x)
+        check_output_objective(objective, self._out_shape(n))
+        layer_shape = self.layer_info(objective.layers[0]).output_shape if objective.layers else None
+        data = objective_data(objective, n, tuple(self.output_shape[1:]), layer_shape)
+        static = objective_static(objective)
+        key = self._key("deeplift", tuple(x.shape[1:]), static,
+                        tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items())))
+        fn = cached(self.model, key,
+                    lambda: make_deeplift(self.model, key, x.shape, data, static, self.preprocess, self.logits))
+        values, grad = self._call(fn, x, reference, data)
+        return Gradients(values.numpy().astype(np.float32), grad.numpy().astype(np.float32))
 
     def _input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
         values, grad = self._gradient(x, objective, rule, ())

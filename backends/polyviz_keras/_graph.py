@@ -153,6 +153,8 @@ class Run:
     recorded: dict[str, tf.Tensor] = field(default_factory=dict)
     logits_tensor: tf.Tensor | None = None
     softmax_layer: Any = None
+    #: DeepLIFT: the batch is concat([x, reference]); nonlinearities follow polyviz_keras._deeplift
+    deeplift: bool = False
 
 
 def _call_layer(layer: Any, run: Run, args: tuple, kwargs: dict) -> Any:
@@ -165,6 +167,10 @@ def _call_layer(layer: Any, run: Run, args: tuple, kwargs: dict) -> Any:
         z = pre_activation(layer, x)
         run.logits_tensor = z
         return layer.activation(z)
+    if run.deeplift:
+        from polyviz_keras._deeplift import call_layer
+
+        return call_layer(layer, args, kwargs)
     if run.relu_rule is not None:
         if is_plain_relu_layer(layer):
             return relu_with_rule(run.relu_rule)(args[0])

@@ -54,6 +54,7 @@ class TorchBackend(Backend):
             Capability.ZOO,
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
+            Capability.DEEPLIFT,
         }
     )
 
@@ -176,6 +177,11 @@ class TorchBackend(Backend):
         from polyviz_torch._replace import replaced_layer_gradients
 
         return replaced_layer_gradients(self._runner(), x, layer, activation, objective)
+
+    def _deeplift_gradient(self, x: np.ndarray, reference: np.ndarray, objective: Objective) -> Gradients:
+        from polyviz_torch._deeplift import deeplift_gradient
+
+        return deeplift_gradient(self._runner(), x, reference, objective)
 
     def _layers(self) -> list[LayerInfo]:
         return list(self._probe().infos)
