@@ -42,7 +42,7 @@ class NumpyBackend(Backend):
     capabilities = frozenset(
         {Capability.FORWARD, Capability.INPUT_GRADIENT, Capability.LAYER_ACTIVATIONS,
          Capability.LAYER_GRADIENTS, Capability.RELU_RULES, Capability.MASKED_SCORES, Capability.LAYER_MASKED_SCORES,
-         Capability.CALLABLE_OBJECTIVE, Capability.LAYER_WEIGHTS, Capability.BUILD}
+         Capability.CALLABLE_OBJECTIVE, Capability.LAYER_WEIGHTS, Capability.BUILD, Capability.LAYER_REPLACE}
     )
 
     @classmethod
@@ -133,6 +133,19 @@ class NumpyBackend(Backend):
             grads[name] = net.backward(trace, g, start=idx, upto=i + 1, relu_rule=rule.relu).astype(np.float32)
         acts = {name: trace.outputs[net.index(name)].astype(np.float32) for name in layers}
         return LayerGradients(np.asarray(v, np.float32), acts, grads)
+
+    def _replaced_layer_gradients(self, x, layer, activation, objective):
+        """The layers after ``layer`` as a network of their own, run from ``activation`` (a
+        sequential network: x does not reach them otherwise)."""
+        spec = self.model.spec
+        idx = self.model.net.index(layer)
+        head = ReferenceNetwork(NetworkSpec(tuple(activation.shape[1:]), spec.layers[idx + 1 :]), self.model.weights)
+        trace = head.forward(activation)
+        if not trace.outputs:  # the layer is the output
+            trace.outputs.append(np.asarray(activation, np.float64))
+        v, g, _ = self._grad_of_objective(trace, objective, len(x))
+        grad = head.backward(trace, g) if head.spec.layers else g
+        return LayerGradients(np.asarray(v, np.float32), {layer: activation}, {layer: grad.astype(np.float32)})
 
     def _layer_masked_scores(self, x, layer, keep, sample_index, objective):
         pre = self._pre(x)

@@ -1,7 +1,8 @@
 """Layer and neuron attribution (catalog section E) against Captum, in both frameworks.
 
 The reference is always Captum run on the torch build of the same spec and seeded weights; the
-Keras build of that spec computes the same function, so one Captum result judges both backends.
+Keras build of that spec (and the numpy reference backend's) computes the same function, so one
+Captum result judges every backend (the ``bk`` fixture: numpy, torch, keras).
 Captum's layer tensors are NCHW and its neuron_selector indexes NCHW: compared after permuting.
 """
 
@@ -10,7 +11,7 @@ import pytest
 
 import polyviz
 import polyviz.models
-from backends import ALL, both_frameworks, build, have, rel
+from backends import both_frameworks, build, have, rel
 from polyviz.errors import InputError, LayerError, TargetError
 from polyviz.models import convert
 from polyviz.models.spec import vgg_spec
@@ -116,7 +117,6 @@ LAYER_CASES = [
 ]
 
 
-@pytest.mark.parametrize("bk", ALL)
 @pytest.mark.parametrize("spec_layer", [CONV, DENSE])
 def test_layer_methods_match_captum(bk, spec_layer, reference):
     model, names = build(bk, SPEC, seed=0)
@@ -144,7 +144,6 @@ NEURON_CASES = [
 ]
 
 
-@pytest.mark.parametrize("bk", ALL)
 @pytest.mark.parametrize("spec_layer, neuron", [(CONV, (3, 5, 1)), (DENSE, (8,))])
 def test_neuron_methods_match_captum(bk, spec_layer, neuron, reference):
     model, names = build(bk, SPEC, seed=0)
@@ -160,8 +159,7 @@ def test_neuron_methods_match_captum(bk, spec_layer, neuron, reference):
     assert_unchanged(bk, model, fingerprint)
 
 
-@pytest.mark.parametrize("bk", ALL)
-def test_neuron_gradient_shap_matches_captum_with_the_same_draws(bk, reference, monkeypatch):
+def test_neuron_gradient_shap_matches_captum_with_the_same_draws(bk, reference):
     """Captum's NeuronGradientShap fed polyviz's draws (as tests/test_gradients.py does for
     GradientShap): torch.normal -> our noise, np.random.choice -> our baseline indices,
     np.random.uniform -> our alphas."""
@@ -175,14 +173,14 @@ def test_neuron_gradient_shap_matches_captum_with_the_same_draws(bk, reference, 
     rng = np.random.default_rng(seed)
     pick, alpha = rng.integers(0, 3, 2 * n), rng.uniform(0.0, 1.0, 2 * n)
     noise = np.random.default_rng(seed + 1).standard_normal((2 * n, 16, 16, 3), dtype=np.float32)
-    monkeypatch.setattr(torch, "normal", lambda mean, std: std * torch.from_numpy(nchw(noise)))
-    monkeypatch.setattr(np.random, "choice", lambda k, size: pick.copy())
-    monkeypatch.setattr(np.random, "uniform", lambda lo, hi, size: alpha.copy())
     module = dict(tmodel.named_modules())[tnames[CONV]]
-    expected = NeuronGradientShap(tmodel, module).attribute(
-        torch.from_numpy(nchw(X)), neuron_selector=(neuron[2], neuron[0], neuron[1]),
-        baselines=torch.from_numpy(nchw(dist)), n_samples=n, stdevs=stdev)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as draws:
+        draws.setattr(torch, "normal", lambda mean, std: std * torch.from_numpy(nchw(noise)))
+        draws.setattr(np.random, "choice", lambda k, size: pick.copy())
+        draws.setattr(np.random, "uniform", lambda lo, hi, size: alpha.copy())
+        expected = NeuronGradientShap(tmodel, module).attribute(
+            torch.from_numpy(nchw(X)), neuron_selector=(neuron[2], neuron[0], neuron[1]),
+            baselines=torch.from_numpy(nchw(dist)), n_samples=n, stdevs=stdev)
     e = explain(model, X, "neuron_gradient_shap", layer=names[CONV], neuron=neuron, baselines=dist, n_samples=n,
                 stdevs=stdev, seed=seed, batch_size=3)
     expected = channels_last(expected.detach().numpy())
@@ -211,7 +209,6 @@ def pool_safe(model):
     return clone.eval()
 
 
-@pytest.mark.parametrize("bk", ALL)
 def test_neuron_deeplift_shap_matches_captum(bk, reference):
     import torch
     from captum.attr import NeuronDeepLiftShap
@@ -261,7 +258,6 @@ def test_torch_layout_layer_channels_last_neuron_native(reference):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bk", ALL)
 def test_bad_neuron_and_layer_name_the_argument(bk):
     model, names = build(bk, SPEC, seed=0)
     conv, dense = names[CONV], names[DENSE]
@@ -292,7 +288,6 @@ def test_bad_neuron_and_layer_name_the_argument(bk):
     assert e.attribution.shape == X.shape
 
 
-@pytest.mark.parametrize("bk", ALL)
 def test_layer_explanations_render_at_input_size(bk):
     model, names = build(bk, SPEC, seed=0)
     e = explain(model, X, "layer_gradient_x_activation", target=TARGETS, layer=names[CONV])
@@ -307,7 +302,6 @@ def test_layer_explanations_render_at_input_size(bk):
         dense.render(0)
 
 
-@pytest.mark.parametrize("bk", ALL)
 def test_batch_size_does_not_change_the_result(bk):
     model, names = build(bk, SPEC, seed=1)
     x = images(3, seed=5)
