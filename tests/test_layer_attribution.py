@@ -280,6 +280,10 @@ def test_bad_neuron_and_layer_name_the_argument(bk):
                 explain(model, X, method, target=0, **kw)
     with pytest.raises(LayerError, match="layer: no layer named"):
         explain(model, X, "layer_conductance", target=0, layer="block9_conv1")
+    for method in ("layer_integrated_gradients", "layer_conductance", "internal_influence",
+                   "layer_gradient_x_activation", "neuron_conductance"):
+        with pytest.raises(TargetError, match="target: class index 6 is out of range"):
+            explain(model, X, method, target=6, layer=conv, **({"neuron": (0, 0, 0)} if "neuron" in method else {}))
     with pytest.raises(InputError, match="n_steps"):
         explain(model, X, "layer_conductance", target=0, layer=conv, n_steps=0)
     with pytest.raises(InputError, match="baseline"):

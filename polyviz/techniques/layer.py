@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from polyviz.errors import LayerError
-from polyviz.protocol import OUTPUT, Capability, ClassScore
+from polyviz.protocol import OUTPUT, Capability, ClassScore, check_output_objective
 from polyviz.techniques import Context, Result, method
 from polyviz.techniques.gradients import (
     _add_by_sample,
@@ -166,6 +166,7 @@ def layer_integrated_gradients(
     acts, scores = [], []
     for sl in ctx.chunks(2 * n, 32, "layer activations"):
         out = ctx.backend.layer_activations(stack[sl], [layer], include_output=True)
+        check_output_objective(ClassScore(targets[sl]), out[OUTPUT].shape)
         acts.append(out[layer])
         scores.append(out[OUTPUT].reshape(sl.stop - sl.start, -1)[np.arange(sl.stop - sl.start), targets[sl]])
     acts_all = np.concatenate(acts).astype(np.float32)
