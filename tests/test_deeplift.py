@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import polyviz
-from backends import ALL, both_frameworks, build, have, rel
+from backends import ALL, both_frameworks, build, have, keras_float64, rel
 from polyviz.errors import CapabilityError, InputError
 from polyviz.models.spec import vgg_spec
 from polyviz.protocol import ClassScore
@@ -57,7 +57,6 @@ def torch_model(spec=None, seed=0):
 
 def captum_safe(model):
     """A copy of ``model`` with ``x * 1`` in front of every MaxPool2d (see the module docstring)."""
-    import torch
     from torch import nn
 
     class TimesOne(nn.Module):
@@ -70,9 +69,7 @@ def captum_safe(model):
             if isinstance(child, nn.MaxPool2d):
                 setattr(module, name, nn.Sequential(TimesOne(), child))
     assert any(isinstance(m, TimesOne) for m in clone.modules())
-    clone.eval()
-    torch.set_grad_enabled(True)
-    return clone
+    return clone.eval()
 
 
 def captum(cls, model, x, baselines, target):
@@ -106,7 +103,7 @@ def target_scores(model, images_, targets):
 
 @pytest.mark.parametrize("backend", ALL)
 def test_deeplift_matches_captum(backend):
-    from captum.attr import DeepLift
+    DeepLift = pytest.importorskip("captum.attr").DeepLift
 
     tmodel, model = torch_model(), model_in(backend)
     x = images(3, seed=1)
@@ -123,7 +120,7 @@ def test_deeplift_matches_captum(backend):
 
 @pytest.mark.parametrize("backend", ALL)
 def test_deeplift_shap_matches_captum(backend):
-    from captum.attr import DeepLiftShap
+    DeepLiftShap = pytest.importorskip("captum.attr").DeepLiftShap
 
     tmodel, model = torch_model(), model_in(backend)
     x = images(2, seed=4)
@@ -207,10 +204,8 @@ def test_elementwise_nonlinearities_match_captum(backend):
     """Sigmoid, Tanh, ELU, LeakyReLU, Softplus and ReLU: the rescale rule as Captum's. In float64:
     ``(f(z) - f(z')) / (z - z')`` divides float32 round-off of the two frameworks' sigmoid/softplus
     kernels by small ``z - z'`` (measured 3.5e-4 between Keras and Captum in float32)."""
+    DeepLift = pytest.importorskip("captum.attr").DeepLift
     import torch
-    from captum.attr import DeepLift
-
-    from backends import keras_float64
 
     tmodel = torch_mixed_mlp().double()
     skip_unless(backend)
@@ -318,7 +313,7 @@ def test_keras_compiles_once():
 def test_captum_seeded_vgg16():
     """Seeded VGG16, one 224 px image, zero reference, against Captum's DeepLift (captum-safe copy;
     DeepLiftShap is compared on the small networks above)."""
-    from captum.attr import DeepLift
+    DeepLift = pytest.importorskip("captum.attr").DeepLift
 
     skip_unless("torch")
     model = polyviz.models.vgg16(backend="torch", seed=0).eval()
