@@ -303,6 +303,23 @@ def test_batching_is_invisible(backend):
         np.testing.assert_allclose(e.attribution, whole.attribution, rtol=1e-5, atol=1e-6)
 
 
+def test_torch_native_layout():
+    """A torch user's NCHW batch and NCHW per-sample baseline give the NHWC maps; masks stay (N, H, W)."""
+    if not have("torch"):
+        pytest.skip("the torch backend is not available")
+    model, _ = build("torch", SPEC)
+    x, base = images(2, seed=15), images(2, seed=16)
+    mask = np.stack([patches(16, 16, 4), patches(16, 16, (16, 8))])
+    for method in ("feature_ablation", "shapley_sampling", "kernel_shap", "rise"):
+        options = {"n_masks": 20, "grid": 4} if method == "rise" else {"features": mask}
+        if method in ("shapley_sampling", "kernel_shap"):
+            options["n_samples"] = 4
+        a = explain(model, x, method, target=[0, 1], baseline=base, **options)
+        b = polyviz.explain(model, nchw(x), method, target=[0, 1], baseline=nchw(base), progress=False, **options)
+        assert b.attribution.shape == (2, 16, 16)
+        np.testing.assert_allclose(b.attribution, a.attribution, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("backend", ALL)
 def test_bad_options(backend):
     if not have(backend):

@@ -62,7 +62,7 @@ def group_scores(
     ctx: Context,
     part: Partition,
     sample: np.ndarray,
-    keep: np.ndarray,
+    keep: np.ndarray | Callable[[np.ndarray], np.ndarray],
     baseline: np.ndarray,
     desc: str,
     donor: np.ndarray | None = None,
@@ -71,20 +71,28 @@ def group_scores(
     ``keep[m] == 0`` replaced by the baseline (scalar, (H, W, C) or one per sample (N, H, W, C)),
     or, when ``donor`` (M,) is given, by the same pixels of sample ``donor[m]`` (permutation).
 
-    ``sample`` must be sorted. Masks go to the backend ``batch_size`` (32) at a time; when the
+    ``keep`` (M, G) or a function of mask indices returning their rows, so that many groups (one
+    mask per pixel) never need an (M, G) matrix. ``sample`` must be sorted. Masks go to the backend ``batch_size`` (32) at a time; when the
     samples have groups of their own (superpixels, an (N, H, W) mask) a batch is split at sample
     boundaries, since one mask description holds one set of labels.
     """
     be = ctx.backend
     m = len(sample)
     out = np.empty(m, dtype=np.float64)
-    keep = np.asarray(keep, dtype=np.float32)
+    if callable(keep):
+        rows = keep
+    else:
+        table = np.asarray(keep, dtype=np.float32)
+
+        def rows(idx: np.ndarray) -> np.ndarray:
+            return table[idx]
+
     for sl in ctx.chunks(m, 32, desc):
         parts = [sl] if part.shared else [slice(sl.start + r.start, sl.start + r.stop) for r in _runs(sample[sl])]
         for p in parts:
             s = sample[p]
             labels = part.labels[s[0]]
-            masks = FeatureGroups(labels, keep[p])
+            masks = FeatureGroups(labels, np.asarray(rows(np.arange(p.start, p.stop)), dtype=np.float32))
             objective = ClassScore(ctx.targets[s])
             if donor is not None:  # each mask its own pair (image, donor image)
                 xs, base, index = ctx.x[s], ctx.x[donor[p]], np.arange(len(s))

@@ -3,6 +3,8 @@ by a baseline or by the same pixels of another sample of the batch. Forward pass
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from polyviz.errors import InputError
@@ -16,12 +18,18 @@ __all__ = ["feature_ablation", "feature_permutation"]
 _CAPS = (Capability.FORWARD, Capability.MASKED_SCORES)
 
 
-def _one_off(part_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For every sample n and group g < counts[n]: (sample, group, keep) with keep all ones but g."""
+def _one_off(part_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """For every sample n and group g < counts[n]: (sample, group, keep rows) with the keep rows
+    all ones but g, built per batch."""
     sample = np.repeat(np.arange(len(part_counts)), part_counts)
     group = np.concatenate([np.arange(c) for c in part_counts])
-    keep = np.ones((len(sample), int(part_counts.max())), dtype=np.float32)
-    keep[np.arange(len(sample)), group] = 0.0
+    width = int(part_counts.max())
+
+    def keep(idx: np.ndarray) -> np.ndarray:
+        rows = np.ones((len(idx), width), dtype=np.float32)
+        rows[np.arange(len(idx)), group[idx]] = 0.0
+        return rows
+
     return sample, group, keep
 
 

@@ -49,22 +49,28 @@ def shapley_sampling(
     rng = ctx.rng()
     gmax = part.max_groups
     orderings = [np.stack([rng.permutation(int(g)) for _ in range(k)]) for g in part.counts]
-    samples, keeps = [], []
-    for s, (g, order) in enumerate(zip(part.counts, orderings)):
-        rows = 2 + k * (g - 1)
-        keep = np.zeros((rows, gmax), dtype=np.float32)
-        keep[1, :g] = 1.0  # row 0: baseline (nothing kept), row 1: x (everything kept)
-        if g > 1:
-            # row 2 + i (g - 1) + j keeps the first j + 1 groups of ordering i
-            rank = np.argsort(order, axis=1)  # rank[i, group] = position of group in ordering i
-            chain = rank[:, None, :] <= np.arange(g - 1)[None, :, None]  # (k, g-1, g)
-            keep[2:, :g] = chain.reshape(-1, g)
-        samples.append(np.full(rows, s))
-        keeps.append(keep)
-    sample = np.concatenate(samples)
-    scores = group_scores(ctx, part, sample, np.concatenate(keeps), base, "shapley_sampling")
+    counts = part.counts.astype(np.int64)
+    per_sample = 2 + k * (counts - 1)  # row 0: baseline (nothing kept), row 1: x (everything kept)
+    first = np.concatenate([[0], np.cumsum(per_sample)[:-1]])
+    sample = np.repeat(np.arange(len(counts)), per_sample)
+    ranks = [np.argsort(order, axis=1) for order in orderings]  # rank[i, group]: its place in ordering i
+
+    def keep(idx: np.ndarray) -> np.ndarray:
+        """Row 2 + i (G - 1) + j of a sample keeps the first j + 1 groups of its ordering i."""
+        rows = np.zeros((len(idx), gmax), dtype=np.float32)
+        for r, flat in enumerate(idx.tolist()):
+            s = int(sample[flat])
+            local, g = flat - int(first[s]), int(counts[s])
+            if local == 1:
+                rows[r, :g] = 1.0
+            elif local >= 2:
+                i, j = divmod(local - 2, g - 1)
+                rows[r, :g] = ranks[s][i] <= j
+        return rows
+
+    scores = group_scores(ctx, part, sample, keep, base, "shapley_sampling")
     values, start = [], 0
-    for g, order, rows in zip(part.counts, orderings, (len(s) for s in samples)):
+    for g, order, rows in zip(counts.tolist(), orderings, per_sample.tolist()):
         block = scores[start : start + rows]
         start += rows
         chain = np.concatenate([np.full((k, 1), block[0]), block[2:].reshape(k, g - 1), np.full((k, 1), block[1])], axis=1)
@@ -72,7 +78,6 @@ def shapley_sampling(
         phi = np.zeros(g)
         np.add.at(phi, order.ravel(), contrib.ravel())
         values.append(phi / k)
-    first = np.concatenate([[0], np.cumsum([len(s) for s in samples])[:-1]])
     clean = scores[first + 1]
     return Result(
         attribution=part.spread(values), scores=clean.astype(np.float32),

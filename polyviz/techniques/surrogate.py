@@ -6,8 +6,11 @@ numpy (float64)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from polyviz.features import Partition
 from polyviz.protocol import Capability
 from polyviz.techniques import Context, Result, method
 from polyviz.techniques._groups import (
@@ -93,15 +96,21 @@ def kernel_shap_coalitions(rng: np.random.Generator, g: int, n_samples: int) -> 
     return np.concatenate([np.stack(rows), ranks < sizes[:, None]])
 
 
-def _surrogate(ctx: Context, part, coalitions: list[np.ndarray], base: np.ndarray, weights_of, alpha: float,
+def _surrogate(ctx: Context, part: Partition, coalitions: list[np.ndarray], base: np.ndarray,
+               weights_of: Callable[[int, np.ndarray], np.ndarray], alpha: float,
                desc: str) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, int]:
+    """Score every coalition (batched), then fit one weighted linear model per sample."""
     gmax = part.max_groups
     sample = np.concatenate([np.full(len(z), s) for s, z in enumerate(coalitions)])
-    keep = np.zeros((len(sample), gmax), dtype=np.float32)
-    row = 0
-    for z in coalitions:
-        keep[row : row + len(z), : z.shape[1]] = z
-        row += len(z)
+    first = np.concatenate([[0], np.cumsum([len(z) for z in coalitions])[:-1]])
+
+    def keep(idx: np.ndarray) -> np.ndarray:
+        rows = np.zeros((len(idx), gmax), dtype=np.float32)
+        for r, flat in enumerate(idx.tolist()):
+            z = coalitions[int(sample[flat])]
+            rows[r, : z.shape[1]] = z[flat - int(first[sample[flat]])]
+        return rows
+
     scores = group_scores(ctx, part, sample, keep, base, desc)
     coefs, weights, intercepts, row = [], [], [], 0
     for s, z in enumerate(coalitions):
