@@ -4,7 +4,8 @@
 side in an HTML gallery with a table of cross-framework agreement and pointing-game accuracy.
 ``polyviz explain``: explain your images with your model (PNG per image and method, top-5 classes).
 ``polyviz gallery``: the demo's page for your model and images. ``polyviz crosscheck``: convert a
-model to the other framework, run every method in both and compare. ``polyviz summary``,
+model to the other framework, run every method in both and compare. ``polyviz metrics``: every
+method judged by every metric of :mod:`polyviz.metrics` in every framework. ``polyviz summary``,
 ``polyviz methods``, ``polyviz info``, ``polyviz bench``.
 
 Errors (missing files, unreadable images, unknown models or methods, absent weights) are one line
@@ -436,6 +437,51 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- polyviz metrics ----------------------------------------------------------------------------
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from polyviz import compare
+    from polyviz.datasets import shapes
+    from polyviz.loading import load_model
+    from polyviz.metrics import report
+
+    t0 = getattr(args, "started", time.perf_counter())
+    if args.model != "demo":
+        raise InputError(f"--model: polyviz metrics judges the demo model on images with object masks; expected "
+                         f"'demo', got {args.model!r}")
+    for flag in ("images", "step", "infidelity_samples", "sensitivity_samples"):
+        if getattr(args, flag) < 1:
+            raise InputError(f"--{flag.replace('_', '-')}: expected a positive number, got {getattr(args, flag)}")
+    backends = _backends(args.backend)
+    methods, left_out = report.judged_methods(compare.parse_methods(_methods_text(args)))
+    if not methods:
+        raise InputError(f"--methods: {', '.join(left_out)} explain a neuron, not the class; choose other methods")
+    settings = report.Settings(step=args.step, infidelity_samples=args.infidelity_samples,
+                               sensitivity_samples=args.sensitivity_samples, batch_size=args.batch_size)
+    data = shapes(args.images, seed=args.seed)
+    models = {b: load_model("demo", b, args.weights).model for b in backends}
+    print(f"polyviz metrics: {len(methods)} methods x {args.images} held-out shapes images (seed {args.seed}) in "
+          f"{', '.join(backends)}; the demo model (polyviz.models.demo)", flush=True)
+    for line in settings.lines(args.images):
+        print(f"  {line}")
+    cheap = [f"{m}: {', '.join(f'{k}={v}' for k, v in o.items())}" for m, o in report.CHEAP_OPTIONS.items()
+             if m in methods]
+    if cheap:
+        print(f"  cheap settings: {'; '.join(cheap)}; every other method with its defaults")
+    if left_out:
+        print(f"  left out (they explain a neuron, not the class): {', '.join(left_out)}")
+    runs = report.run_report(models, data.images, data.labels, data.masks, methods, settings,
+                             progress=not args.no_progress)
+    print()
+    print(report.markdown(runs, methods, backends))
+    if args.json:
+        meta = {"images": args.images, "image_seed": args.seed, "backends": backends, "methods": methods,
+                "polyviz": polyviz.__version__}
+        Path(args.json).write_text(report.to_json(runs, settings, meta))
+        print(f"per-image values: {args.json}")
+    print(f"done in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 # ---- polyviz summary / methods ----------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
     from polyviz.inspect import summary
@@ -544,6 +590,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", parents=[common], help="installed backends, their versions and capabilities")
     info.set_defaults(func=cmd_info)
+    mt = sub.add_parser("metrics", parents=[common],
+                        help="every method x every metric (pointing, deletion, insertion, infidelity, max-sensitivity, "
+                             "sanity check) in every framework, on the demo model")
+    mt.add_argument("--model", default="demo", help="demo (the only model with object masks to point at)")
+    mt.add_argument("--weights", default=None, help="demo weights .npz (default: the file shipped with polyviz)")
+    mt.add_argument("--backend", default=None, help="comma-separated backends (default: every installed one)")
+    mt.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
+    mt.add_argument("--images", type=int, default=4, help="number of held-out shapes images (default 4)")
+    mt.add_argument("--seed", type=int, default=DEMO_SEED, help=f"seed of the images (default {DEMO_SEED})")
+    mt.add_argument("--step", type=int, default=256, help="pixels per deletion/insertion step (default 256 of 4096)")
+    mt.add_argument("--infidelity-samples", type=int, default=8, help="perturbations per image (default 8)")
+    mt.add_argument("--sensitivity-samples", type=int, default=2, help="perturbed inputs per image (default 2)")
+    mt.add_argument("--batch-size", type=int, default=None, help="passes per backend call inside a method")
+    mt.add_argument("--json", default="", help="write the settings and per-image values as JSON to this file")
+    mt.add_argument("--no-progress", action="store_true", help="no progress bars")
+    mt.set_defaults(func=cmd_metrics)
+
     bench = sub.add_parser("bench", parents=[common], help="time every method against its floor (and the peers with --peers)")
     bench.add_argument("--backend", default="torch,keras", help="comma-separated backends (default torch,keras)")
     bench.add_argument("--methods", default="", help="comma-separated methods (default: the main ones)")
@@ -580,7 +643,7 @@ def _uses_keras(args: argparse.Namespace) -> bool:
     backend = getattr(args, "backend", None)
     if backend:
         return "keras" in [b.strip() for b in backend.split(",")]
-    if args.command in ("demo", "crosscheck"):
+    if args.command in ("demo", "crosscheck", "metrics"):
         return True
     model = str(getattr(args, "model", "") or "")
     return MODEL_SUFFIXES.get(Path(model).suffix.lower()) == "keras"

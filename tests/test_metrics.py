@@ -185,6 +185,14 @@ def test_infidelity_closed_form_linear_model(backend):
     assert (M.infidelity(model, x, t, attribution=3 * w, normalize=True, **kw) <= 1e-9 * b2).all()
     assert (M.infidelity(model, x, t, attribution=3 * w, **kw) > 1.0 * b2).all()  # (3 - 1)^2 E[(w.I)^2]
     assert (M.infidelity(model, x, t, method="input_x_gradient", **kw) > 1e-3 * b2).all()
+    # relative: divided by the zero attribution's value; with normalize 1 - cos^2(I . attr, score change)
+    np.testing.assert_allclose(M.infidelity(model, x, t, attribution=np.zeros_like(x), relative=True, **kw), 1.0)
+    other = M.infidelity(model, x, t, method="input_x_gradient", normalize=True, relative=True, **kw)
+    pert = M.infidelity_perturbations(x, 8, 0.1, 1).reshape(3, 8, -1).astype(np.float64)
+    ia = (pert * (x * w).reshape(3, 1, -1)).sum(-1)
+    ds = (pert * w.reshape(3, 1, -1)).sum(-1)
+    cos2 = (ia * ds).sum(1) ** 2 / ((ia * ia).sum(1) * (ds * ds).sum(1))
+    np.testing.assert_allclose(other, 1 - cos2, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -322,6 +330,13 @@ def test_sanity_check_randomises_a_copy(backend):
     w = new_weights(be.layer_weights(names[j]), 2, j)
     assert w["kernel"].std() == pytest.approx(be.layer_weights(names[j])["kernel"].std(), rel=0.2)
     np.testing.assert_array_equal(w["bias"], 0)
+    randomised, chosen = M.randomised_backend(be, seed=2)  # the fully randomised model: the cascade's last row
+    assert chosen == r.layers
+    np.testing.assert_array_equal(randomised.layer_weights(names[j])["kernel"], w["kernel"])
+    a = polyviz_explain(model, x, "saliency", [1, 3])
+    b = polyviz_explain(randomised, x, "saliency", [1, 3])
+    np.testing.assert_allclose(M.similarity(a, b), r.cascading[-1], atol=1e-12)
+    unchanged(backend, model, before)
     with pytest.raises(InputError, match="steps"):
         M.sanity_check(model, x, method="saliency", steps=[7], **KW)
     with pytest.raises(LayerError):
@@ -348,3 +363,48 @@ def test_sanity_check_same_numbers_in_torch_and_keras():
         np.testing.assert_allclose(b.cascading, a.cascading, atol=1e-3, err_msg=method)
         np.testing.assert_allclose(b.independent, a.independent, atol=1e-3, err_msg=method)
         assert np.nanmin(a.cascading[1:]) < 0.95
+
+
+# --------------------------------------------------------------------------------------------
+# polyviz metrics (smoke: tiny settings)
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_metrics_smoke(tmp_path, capsys):
+    """Two methods, one image, the smallest settings: the table has a row per method and a cell per
+    framework and metric, values in range; the JSON holds the per-image values."""
+    import json
+
+    from polyviz.cli import main
+
+    out = tmp_path / "m.json"
+    code = main(["metrics", "--methods", "saliency,gradcam", "--images", "1", "--step", "1024",
+                 "--infidelity-samples", "2", "--sensitivity-samples", "1", "--no-progress", "--json", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "pointing game" in text and "sanity check:" in text
+    rows = [line for line in text.splitlines() if line.startswith("| saliency") or line.startswith("| gradcam")]
+    assert len(rows) == 2
+    n_backends = len(INSTALLED)
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 8 and all(len(c.split(" / ")) == n_backends for c in cells[1:])
+    runs = json.loads(out.read_text())["runs"]
+    assert len(runs) == 2 * n_backends
+    for run in runs:
+        assert not run["skipped"]
+        assert run["values"]["pointing"][0] in (0.0, 1.0)
+        assert 0 <= run["values"]["deletion"][0] <= 1 and 0 <= run["values"]["insertion"][0] <= 1
+        assert 0 <= run["values"]["infidelity"][0] <= 1 + 1e-9
+        assert -1 <= run["values"]["sanity"][0] <= 1
+
+
+def test_cli_metrics_errors(capsys):
+    from polyviz.cli import main
+
+    assert main(["metrics", "--model", "vgg16", "--no-progress"]) == 2
+    assert "expected 'demo'" in capsys.readouterr().err
+    assert main(["metrics", "--images", "0", "--no-progress"]) == 2
+    assert "--images" in capsys.readouterr().err
+    assert main(["metrics", "--methods", "saliancy", "--no-progress"]) == 2
+    assert "Did you mean 'saliency'" in capsys.readouterr().err

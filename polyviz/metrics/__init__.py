@@ -26,7 +26,14 @@ from polyviz.metrics.deletion import (
 )
 from polyviz.metrics.infidelity import infidelity, infidelity_perturbations
 from polyviz.metrics.pointing import explanation_map, pointing_game, pointing_hits
-from polyviz.metrics.sanity import SanityCheck, sanity_check, similarity, spearman, weighted_layers
+from polyviz.metrics.sanity import (
+    SanityCheck,
+    randomised_backend,
+    sanity_check,
+    similarity,
+    spearman,
+    weighted_layers,
+)
 from polyviz.metrics.sensitivity import max_sensitivity, sensitivity_perturbations
 
 __all__ = [
@@ -43,6 +50,7 @@ __all__ = [
     "max_sensitivity",
     "pointing_game",
     "pointing_hits",
+    "randomised_backend",
     "sanity_check",
     "sensitivity_perturbations",
     "similarity",

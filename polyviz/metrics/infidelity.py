@@ -37,6 +37,7 @@ def infidelity(
     multiply_by_inputs: bool = False,
     baseline: float | np.ndarray = 0.0,
     normalize: bool = False,
+    relative: bool = False,
     score: str = "logit",
     layer: str | None = None,
     backend: str | None = None,
@@ -63,7 +64,10 @@ def infidelity(
     such as gradient x input or integrated gradients): the dot product uses ``I / (x - baseline)``
     (1 where ``x == baseline``) instead of I. ``normalize`` (Captum, from the paper's code): scale
     ``I . attr`` by ``beta = E[(I . attr)(S(x) - S(x - I))] / E[(I . attr)^2]`` first, which makes
-    the value invariant to scaling the attributions.
+    the value invariant to scaling the attributions. ``relative`` (not in Captum): divide by
+    ``E[(S(x) - S(x - I))^2]``, the infidelity of a zero attribution, so that 0 is perfect and 1 no
+    better than nothing; with ``normalize`` it is ``1 - cos^2`` between the vectors of ``I . attr``
+    and of the score changes over the draws.
     """
     n_perturb_samples = check_positive_int(n_perturb_samples, "n_perturb_samples")
     if score not in ("logit", "probability"):
@@ -100,5 +104,10 @@ def infidelity(
     if normalize:
         aa, ab, bb = (a * a).sum(1), (a * b).sum(1), (b * b).sum(1)
         beta = ab / np.where(aa != 0, aa, 1.0)
-        return (beta * beta * aa - 2 * beta * ab + bb) / n_perturb_samples
-    return ((a - b) ** 2).mean(axis=1)
+        value = (beta * beta * aa - 2 * beta * ab + bb) / n_perturb_samples
+    else:
+        value = ((a - b) ** 2).mean(axis=1)
+    if relative:
+        scale = (b * b).mean(axis=1)
+        value = value / np.where(scale > 0, scale, 1.0)
+    return value

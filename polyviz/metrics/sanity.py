@@ -26,7 +26,8 @@ from polyviz.metrics._common import as_map, attributions, chunks, explain_fn, pr
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability
 
-__all__ = ["sanity_check", "SanityCheck", "weighted_layers", "random_weights", "similarity", "spearman", "SIMILARITIES"]
+__all__ = ["sanity_check", "SanityCheck", "weighted_layers", "random_weights", "randomised_backend", "similarity", "spearman",
+           "SIMILARITIES"]
 
 SIMILARITIES = ("spearman_abs", "spearman", "pearson_abs", "pearson")
 DISTRIBUTION = "kernel ~ N(0, std(original kernel)^2), bias = 0, drawn by numpy from (seed, layer index)"
@@ -74,6 +75,24 @@ def random_weights(original: dict[str, np.ndarray], seed: int, index: int) -> di
     if "bias" in original:
         out["bias"] = np.zeros_like(np.asarray(original["bias"], np.float32))
     return out
+
+
+def randomised_backend(
+    backend: Backend, *, seed: int = 0, depth: int | None = None, layers: list[str] | None = None
+) -> tuple[Backend, list[str]]:
+    """A backend over a copy of the model with its top ``depth`` weighted layers (default: all of
+    ``layers``, default :func:`weighted_layers`) re-initialised as :func:`sanity_check` does (same
+    seed, same weights). Returns the backend and the randomised layers, top first."""
+    backend.require(Capability.REWEIGHT)
+    names = weighted_layers(backend) if layers is None else backend.check_layers(list(layers))
+    if not names:
+        raise LayerError("layers: this model has no conv or dense layer to randomise")
+    depth = len(names) if depth is None else int(depth)
+    if not 1 <= depth <= len(names):
+        raise InputError(f"depth: expected 1..{len(names)} layers, got {depth}")
+    chosen = names[::-1][:depth]
+    weights = {name: random_weights(backend.layer_weights(name), seed, names.index(name)) for name in chosen}
+    return backend.with_weights(weights), chosen
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:
