@@ -57,7 +57,7 @@ class Settings:
     step: int = 256
     score: str = "probability"
     insertion_start: str = "blur"
-    infidelity_samples: int = 8
+    infidelity_samples: int = 16
     noise_std: float = 0.003
     sensitivity_samples: int = 2
     radius: float = 0.02
