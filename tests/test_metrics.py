@@ -121,6 +121,7 @@ def test_infidelity_matches_captum(backend):
     assert rel(ours, ref) <= 1e-4
 
 
+@pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require gradients")
 @pytest.mark.parametrize("backend", ALL)
 def test_max_sensitivity_matches_captum(backend):
     """Captum's sensitivity_max with Saliency on the torch twin, fed the perturbed inputs polyviz
@@ -241,6 +242,34 @@ def test_blur_is_a_normalised_gaussian():
     np.testing.assert_allclose(b[5:16, 5:16], np.outer(g, g), rtol=1e-5)
     assert abs(b.sum() - 1) < 1e-5
     np.testing.assert_allclose(M.blur(np.full((1, 8, 9, 3), 0.7, np.float32)), 0.7, rtol=1e-6)  # edges reflected
+
+
+def test_native_layout_and_bad_arguments():
+    """A torch user passes NCHW images, attributions and baselines: same numbers as channels-last;
+    bad arguments are polyviz errors naming the argument."""
+    if not have("torch"):
+        pytest.skip("the torch backend is not available")
+    model, _ = build("torch", small_vgg())
+    x, t = images(2, seed=10), [0, 3]
+    native = {"progress": False}
+    a = M.deletion_auc(model, nchw(x), t, baseline=np.full((3, 16, 16), 0.5, np.float32), step=16, **native)
+    b = M.deletion_auc(model, x, t, baseline=np.full((16, 16, 3), 0.5, np.float32), step=16, **KW)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+    sal = polyviz_explain(model, x, "saliency", t)
+    np.testing.assert_allclose(M.infidelity(model, nchw(x), t, attribution=nchw(sal), **native),
+                               M.infidelity(model, x, t, attribution=sal, **KW), rtol=1e-6)
+    np.testing.assert_allclose(M.max_sensitivity(model, nchw(x), t, n_perturb_samples=2, **native),
+                               M.max_sensitivity(model, x, t, n_perturb_samples=2, **KW), rtol=1e-6)
+    with pytest.raises(InputError, match="attribution"):
+        M.infidelity(model, x, t, attribution=sal[:, :8], **KW)
+    with pytest.raises(InputError, match="n_perturb_samples"):
+        M.max_sensitivity(model, x, t, n_perturb_samples=0, **KW)
+    with pytest.raises(InputError, match="score"):
+        M.deletion_auc(model, x, t, score="odds", **KW)
+    with pytest.raises(InputError, match="start"):
+        M.insertion_auc(model, x, t, start="noise", **KW)
+    with pytest.raises(InputError, match="method"):
+        M.infidelity(model, x, t, method="saliancy", **KW)
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from polyviz.errors import InputError
-from polyviz.metrics._common import as_map, attributions, check_positive_int, prepare, softmax
+from polyviz.metrics._common import as_map, attributions, check_positive_int, chunks, prepare, softmax
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Capability, FeatureGroups
 
@@ -86,13 +86,11 @@ def _curves(
     else:
         base = np.broadcast_to(be._check_baseline(baseline, xs), xs.shape)
     scores = np.empty((n, groups + 1))
-    from polyviz.metrics._common import chunks
-
     for i in (s.start for s in chunks(n, 1, "insertion" if insertion else "deletion", setup.progress)):
         rank = np.empty(pixels, np.int64)
         rank[order[i]] = np.arange(pixels)
         spec = FeatureGroups(groups=(rank // step).reshape(h, w), keep=keep)
-        out = be.masked_scores(xs[i : i + 1], spec, np.ascontiguousarray(base[i]))
+        out = be.masked_scores(xs[i : i + 1], spec, np.array(base[i], np.float32))  # a writable copy
         out = softmax(out) if score == "probability" else np.asarray(out, np.float64)
         scores[i] = out[:, setup.targets[i]]
     fraction = np.minimum(k * step, pixels) / pixels
