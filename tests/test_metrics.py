@@ -437,3 +437,33 @@ def test_cli_metrics_errors(capsys):
     assert "--images" in capsys.readouterr().err
     assert main(["metrics", "--methods", "saliancy", "--no-progress"]) == 2
     assert "Did you mean 'saliency'" in capsys.readouterr().err
+
+
+def test_keras_with_weights_reaches_nested_models():
+    """A layer inside a nested functional model (named ``outer/inner``) gets its new weights in the
+    clone; the nested model of the user's model keeps its own."""
+    if not have("keras"):
+        pytest.skip("the keras backend is not available")
+    import keras
+
+    inner_in = keras.Input((6, 6, 4))
+    inner = keras.Model(inner_in, keras.layers.GlobalAveragePooling2D(name="gap")(
+        keras.layers.Conv2D(5, 3, name="conv", activation="relu")(inner_in)), name="inner")
+    inputs = keras.Input((8, 8, 3))
+    outputs = keras.layers.Dense(3, name="head")(inner(keras.layers.Conv2D(4, 3, name="stem")(inputs)))
+    model = keras.Model(inputs, outputs)
+    be = backend_for(model)
+    x = images(2, (8, 8, 3), seed=11)
+    before = backend_class("keras").state_fingerprint(model)
+    kernel = np.random.default_rng(0).standard_normal((3, 3, 4, 5)).astype(np.float32)
+    copy = be.with_weights({"inner/conv": {"kernel": kernel, "bias": np.full(5, 0.1, np.float32)}})
+    np.testing.assert_array_equal(copy.layer_weights("inner/conv")["kernel"], kernel)
+    # reference: the same network in numpy, with the user's stem and head and the new inner conv
+    w = {name: be.layer_weights(name) for name in ("stem", "head")}
+    stem = sum(x[:, i:i + 6, j:j + 6, c, None] * w["stem"]["kernel"][i, j, c] for i in range(3) for j in range(3)
+               for c in range(3)) + w["stem"]["bias"]
+    conv = sum(stem[:, i:i + 4, j:j + 4, c, None] * kernel[i, j, c] for i in range(3) for j in range(3)
+               for c in range(4)) + 0.1
+    logits = np.maximum(conv, 0).mean(axis=(1, 2)) @ w["head"]["kernel"] + w["head"]["bias"]
+    assert rel(copy.forward(x), logits) <= 1e-5
+    unchanged("keras", model, before)
