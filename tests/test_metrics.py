@@ -312,6 +312,7 @@ def test_pointing_game_perfect_map_scores_one(backend):
     masks[0, 2:6, 2:6] = masks[1, 8:15, 1:4] = masks[2, 10:12, 10:16] = True
     assert M.pointing_game(model, x, masks, attribution=masks.astype(np.float32), **KW).mean() == 1.0
     assert M.pointing_game(model, x, masks, attribution=(~masks).astype(np.float32), **KW).mean() == 0.0
+    assert M.pointing_game(None, None, masks, attribution=np.repeat(masks[:, None], 3, 1), layout="NCHW").all()
     e = polyviz.explain(model, x, "gradcam", **KW)
     hits = M.pointing_game(None, None, masks, attribution=e)
     np.testing.assert_array_equal(hits, M.pointing_hits(np.abs(e.layer_attribution), masks))

@@ -81,10 +81,18 @@ def pointing_game(
     ``method_options``) or the given ``attribution`` (an Explanation, whose layer-resolution map is
     used where it has one, see :func:`explanation_map`; or an array: maps (N, H, W) or input-shaped
     in the caller's layout), by magnitude; a hit as :func:`pointing_hits` says. ``masks``: (N, H, W)
-    object masks. ``model`` and ``x`` may be None when an Explanation is given.
+    object masks. ``model`` and ``x`` may be None when the attribution is given (an array then is
+    channels-last unless ``layout="NCHW"``).
     """
-    if attribution is not None and hasattr(attribution, "attribution") and model is None:
-        return pointing_hits(explanation_map(attribution), masks, tolerance)
+    if model is None:
+        if attribution is None:
+            raise InputError("model: needed to compute the maps; or pass attribution= (an Explanation or maps)")
+        if hasattr(attribution, "attribution"):
+            return pointing_hits(explanation_map(attribution), masks, tolerance)
+        a = np.abs(np.asarray(attribution, np.float64))
+        if a.ndim == 4:  # input-shaped, in ``layout`` (channels-last unless told)
+            a = a.sum(axis=1) if layout == "NCHW" else a.sum(axis=-1)
+        return pointing_hits(a, masks, tolerance)
     if attribution is None:
         from polyviz.api import explain
 
