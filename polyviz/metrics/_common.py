@@ -109,12 +109,13 @@ def attributions(setup: Setup, attribution: Any) -> np.ndarray:
     else:
         a = np.asarray(attribution, np.float32)
         layout = setup.layout
+    given = a.shape
     if a.ndim == 4:
         a, _ = to_channels_last(a, layout)
     if a.shape not in ((n, h, w, c), (n, h, w)):
         raise InputError(
             f"attribution: expected one attribution per sample, input-shaped ({n}, {h}, {w}, {c} channels-last) "
-            f"or maps ({n}, {h}, {w}), got {np.asarray(attribution if not hasattr(attribution, 'attribution') else attribution.attribution).shape}"
+            f"or maps ({n}, {h}, {w}), got shape {given}"
         )
     if not np.all(np.isfinite(a)):
         raise InputError("attribution: contains NaN or infinite values")
