@@ -53,6 +53,7 @@ class KerasBackend(Backend):
             Capability.LAYER_WEIGHTS,
             Capability.BUILD,
             Capability.ZOO,
+            Capability.LRP,
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
             Capability.DEEPLIFT,
@@ -182,10 +183,16 @@ class KerasBackend(Backend):
         return Gradients(values.numpy().astype(np.float32), grad.numpy().astype(np.float32))
 
     def _input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
+        if rule.lrp:
+            from polyviz_keras._lrp import lrp_gradient
+
+            return lrp_gradient(self, x, objective, rule)
         values, grad = self._gradient(x, objective, rule, ())
         return Gradients(values.numpy().astype(np.float32), grad.numpy().astype(np.float32))
 
     def _layer_gradients(self, x: np.ndarray, layers: list[str], objective: Objective, rule: Rule) -> LayerGradients:
+        if rule.lrp:
+            raise InputError("rule: LRP rules give relevance at the input (input_gradient), not at layers")
         names = tuple(dict.fromkeys(layers))
         values, acts, grads = self._gradient(x, objective, rule, names)
         return LayerGradients(

@@ -155,6 +155,8 @@ class Run:
     softmax_layer: Any = None
     #: DeepLIFT: the batch is concat([x, reference]); nonlinearities follow polyviz_keras._deeplift
     deeplift: bool = False
+    #: LRP: full layer name -> LRPRule; layers follow polyviz_keras._lrp
+    lrp: dict[str, Any] | None = None
 
 
 def _call_layer(layer: Any, run: Run, args: tuple, kwargs: dict) -> Any:
@@ -188,6 +190,10 @@ def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
             elif is_nested(layer):
                 inner = args[0] if args else kwargs.get("inputs")
                 out = _run_graph(graph_of(layer), inner, run, name + SEP)
+            elif run.lrp is not None:
+                from polyviz_keras._lrp import call_with_relevance
+
+                out = call_with_relevance(layer, name, run, args, kwargs)
             else:
                 out = _call_layer(layer, run, args, kwargs)
             if name in run.scale:

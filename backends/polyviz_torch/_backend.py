@@ -52,6 +52,7 @@ class TorchBackend(Backend):
             Capability.LAYER_WEIGHTS,
             Capability.BUILD,
             Capability.ZOO,
+            Capability.LRP,
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
             Capability.DEEPLIFT,

@@ -279,6 +279,10 @@ class Runner:
             return to_numpy(self.call_model(self.model_input(self.tensor(x))))
 
     def input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
+        if rule.lrp:
+            from polyviz_torch._lrp import relevance
+
+            return relevance(self, x, objective, rule)
         layers = list(objective.layers)
         with guarded(self.model) as handles, torch.enable_grad():
             leaf = self.tensor(x).requires_grad_()
@@ -311,6 +315,8 @@ class Runner:
             return result
 
     def layer_gradients(self, x: np.ndarray, layers: list[str], objective: Objective, rule: Rule) -> LayerGradients:
+        if rule.lrp:
+            raise InputError("rule: LRP rules give relevance at the input (input_gradient), not at layers")
         objective_layers = [name for name in objective.layers if name not in layers]
         wanted = layers + objective_layers
         with guarded(self.model) as handles:

@@ -1,0 +1,192 @@
+"""Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019, "Layer-wise relevance
+propagation: an overview"), written once: the technique chooses an :class:`~polyviz.protocol.LRPRule`
+per weighted layer and hands them to the backend as data (``Rule(lrp=...)``); the backend realises
+them as a modified backward pass without editing the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from polyviz.errors import InputError
+from polyviz.protocol import LRP_RULES, Backend, Capability, ClassScore, LRPRule, Rule
+from polyviz.techniques import Context, Result, method
+
+__all__ = ["lrp", "weighted_layers", "assign_rules", "RULE_CHOICES"]
+
+#: ``rule=`` values: one rule for every weighted layer, or the VGG composite.
+RULE_CHOICES = ("zero", "epsilon", "gamma", "alpha_beta", "composite")
+#: Layer kinds (``Backend.layer_config(name)["kind"]``) that carry an LRP rule.
+WEIGHTED_KINDS = ("conv2d", "dense")
+
+
+def weighted_layers(backend: Backend) -> list[tuple[str, str]]:
+    """(name, kind) of every conv and dense layer with parameters, in execution order (a ReLU that
+    the backend reports as its fused conv is skipped: it has no parameters of its own)."""
+    out = []
+    for info in backend.layers():
+        if info.params <= 0:
+            continue
+        try:
+            kind = backend.layer_config(info.name).get("kind")
+        except Exception:  # a backend that cannot describe the layer: not a rule target
+            continue
+        if kind in WEIGHTED_KINDS:
+            out.append((info.name, kind))
+    return out
+
+
+def _bounds(ctx: Context, bounds: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """z^B bounds per input channel in the model's input space (after preprocessing)."""
+    if bounds is None:
+        lo, hi = float(ctx.x.min()), float(ctx.x.max())
+    else:
+        try:
+            lo, hi = (float(v) for v in bounds)
+        except (TypeError, ValueError):
+            raise InputError(f"bounds: expected (low, high) floats or None, got {bounds!r}") from None
+        if not lo < hi:
+            raise InputError(f"bounds: expected low < high, got {bounds!r}")
+        if ctx.x.min() < lo - 1e-6 or ctx.x.max() > hi + 1e-6:
+            raise InputError(
+                f"bounds: x has values in [{ctx.x.min():.4g}, {ctx.x.max():.4g}], outside {bounds!r}"
+            )
+    channels = ctx.x.shape[-1]
+    pre = ctx.backend.preprocess
+    low, high = np.full(channels, lo), np.full(channels, hi)
+    if pre is not None:
+        mean, std = pre.arrays(channels)
+        low = (lo * pre.scale - np.asarray(mean)) / np.asarray(std)
+        high = (hi * pre.scale - np.asarray(mean)) / np.asarray(std)
+        low, high = np.minimum(low, high), np.maximum(low, high)
+    return tuple(float(v) for v in low), tuple(float(v) for v in high)
+
+
+def _as_rule(value: Any, where: str, epsilon: float, gamma: float, alpha: float, beta: float,
+             bounds: tuple[tuple[float, ...], tuple[float, ...]]) -> LRPRule:
+    if isinstance(value, LRPRule):
+        return value
+    if value not in LRP_RULES:
+        raise InputError(f"rules: {where} has unknown rule {value!r} (expected one of {', '.join(LRP_RULES)} or an LRPRule)")
+    if value == "epsilon":
+        return LRPRule("epsilon", epsilon=epsilon)
+    if value == "gamma":
+        return LRPRule("gamma", gamma=gamma)
+    if value == "alpha_beta":
+        return LRPRule("alpha_beta", alpha=alpha, beta=beta)
+    if value == "zbox":
+        return LRPRule("zbox", low=bounds[0], high=bounds[1])
+    return LRPRule("zero")
+
+
+def assign_rules(
+    layers: list[tuple[str, str]],
+    rule: str,
+    rules: Mapping[str, Any] | None,
+    *,
+    epsilon: float,
+    gamma: float,
+    alpha: float,
+    beta: float,
+    bounds: tuple[tuple[float, ...], tuple[float, ...]],
+) -> tuple[tuple[str, LRPRule], ...]:
+    """One :class:`LRPRule` per weighted layer.
+
+    ``rule="composite"`` (Montavon et al. 2019, sec. 10.3, for VGG16): z^B on the first layer,
+    gamma on the lower half of the remaining convs, epsilon on the upper half, LRP-0 on the dense
+    layers. Any other ``rule`` puts that rule on every layer. ``rules`` then overrides by layer
+    name, by kind ("conv2d", "dense") or "first" (the first weighted layer); values are rule names
+    or :class:`LRPRule` objects. Names beat "first", which beats kinds.
+    """
+    if rule not in RULE_CHOICES:
+        raise InputError(f"rule: expected one of {', '.join(RULE_CHOICES)}, got {rule!r}")
+    if not layers:
+        raise InputError("rule: the model has no conv or dense layer for LRP")
+    make = lambda value, where: _as_rule(value, where, epsilon, gamma, alpha, beta, bounds)  # noqa: E731
+    if rule == "composite":
+        convs = [name for name, kind in layers[1:] if kind == "conv2d"]
+        lower = set(convs[: len(convs) // 2])
+        chosen = {}
+        for i, (name, kind) in enumerate(layers):
+            if i == 0:
+                chosen[name] = make("zbox", name)
+            elif kind == "dense":
+                chosen[name] = make("zero", name)
+            else:
+                chosen[name] = make("gamma" if name in lower else "epsilon", name)
+    else:
+        chosen = {name: make(rule, name) for name, _ in layers}
+    overrides = dict(rules or {})
+    known = {name for name, _ in layers}
+    for key in overrides:
+        if key not in known and key not in WEIGHTED_KINDS and key != "first":
+            raise InputError(
+                f"rules: {key!r} is neither a conv/dense layer of this model nor a kind "
+                f"({', '.join(WEIGHTED_KINDS)}, first); weighted layers: {', '.join(sorted(known))}"
+            )
+    for i, (name, kind) in enumerate(layers):
+        for key in (kind, "first" if i == 0 else None, name):
+            if key is not None and key in overrides:
+                chosen[name] = make(overrides[key], name)
+    return tuple(chosen.items())
+
+
+@method(
+    "lrp",
+    "Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019): the score redistributed layer by layer to the pixels, by epsilon, gamma, alpha-beta, z^B or composite rules",
+    kind="input", capabilities=(Capability.INPUT_GRADIENT, Capability.LRP), family="lrp",
+)
+def lrp(
+    ctx: Context,
+    *,
+    rule: str = "epsilon",
+    rules: Mapping[str, Any] | None = None,
+    epsilon: float = 0.25,
+    gamma: float = 0.25,
+    alpha: float = 1.0,
+    beta: float = 0.0,
+    bounds: tuple[float, float] | None = None,
+) -> Result:
+    """Relevance per input value (N, H, W, C), in the units of the target score: the relevance at
+    the output is the target's (pre-softmax) score, and each layer passes it down by its rule, so
+    that it sums to the score up to what biases and epsilons absorb (``metadata["relevance_sum"]``).
+
+    ``rule``: "zero" (LRP-0), "epsilon" (LRP-epsilon, ``epsilon`` 0.25 by default), "gamma"
+    (``gamma``), "alpha_beta" (``alpha`` - ``beta`` = 1; alpha=1, beta=0 is z+), each on every conv
+    and dense layer, or "composite": z^B on the first layer, gamma on the lower half of the other
+    convs, epsilon on the upper half, LRP-0 on the dense layers (Montavon et al. 2019's
+    recommendation for VGG16). ``rules`` overrides per layer name, kind ("conv2d", "dense") or
+    "first", with rule names or :class:`~polyviz.protocol.LRPRule` objects. ``bounds``: the input
+    range (low, high) for z^B, in the caller's units (default: x's min and max over the batch);
+    mapped through the backend's preprocessing. The stabiliser of every rule but epsilon is 1e-6.
+
+    ReLUs pass relevance through, max pooling to the maximum, average pooling by LRP-0; layers with
+    parameters but no rule (BatchNorm) are refused. Matches zennit's rules (its ``EpsilonGammaBox``
+    composite given the same assignment) and Captum's ``LRP`` with matching rules; Captum's
+    default is epsilon 1e-9 on every layer, zennit starts from relevance 1 at the target (multiply
+    by the score to compare). Costs one forward pass and one modified backward pass per batch.
+    """
+    be = ctx.backend
+    assignment = assign_rules(
+        weighted_layers(be), rule, rules, epsilon=float(epsilon), gamma=float(gamma),
+        alpha=float(alpha), beta=float(beta), bounds=_bounds(ctx, bounds),
+    )
+    lrp_rule = Rule(lrp=assignment)
+    n = len(ctx.x)
+    relevance = np.zeros(ctx.x.shape, np.float32)
+    scores = np.zeros(n, np.float32)
+    for sl in ctx.chunks(n, 32, "lrp"):
+        values, rel = be.input_gradient(ctx.x[sl], ClassScore(ctx.targets[sl]), lrp_rule)
+        scores[sl] = values
+        relevance[sl] = rel * values.reshape(-1, 1, 1, 1)
+    return Result(
+        attribution=relevance,
+        scores=scores,
+        metadata={
+            "rules": {name: r.name for name, r in assignment},
+            "relevance_sum": relevance.reshape(n, -1).sum(axis=1).astype(np.float32),
+        },
+    )
