@@ -25,23 +25,33 @@ __all__ = ["Run", "attribution_methods", "parse_methods", "run_methods", "relati
            "summary_rows", "text_table", "html_table", "gallery_rows", "FAST_OPTIONS"]
 
 #: The demo's options (64x64 images): occlusion's default 15-pixel window in 8-pixel steps is
-#: sized for 224-pixel images; a 12-pixel window in 6-pixel steps gives a 10x10 grid here.
+#: sized for 224-pixel images; a 12-pixel window in 6-pixel steps gives a 10x10 grid here. The
+#: sampling methods get 8-pixel patches (64 groups) and fewer draws, RISE fewer masks on a 4x4
+#: grid (the objects fill a quarter of the image), LRP the composite of Montavon et al. 2019.
 FAST_OPTIONS: dict[str, dict[str, Any]] = {
     "occlusion": {"window": (12, 12), "stride": (6, 6)},
+    "feature_ablation": {"features": "patches", "patch_size": 8},
+    "feature_permutation": {"features": "patches", "patch_size": 8},
+    "shapley_sampling": {"features": "patches", "patch_size": 8, "n_samples": 5},
+    "lime": {"features": "patches", "patch_size": 8, "n_samples": 150},
+    "kernel_shap": {"features": "patches", "patch_size": 8, "n_samples": 150},
+    "rise": {"n_masks": 500, "grid": 4},
+    "lrp": {"rule": "composite", "bounds": (0.0, 1.0)},
 }
 #: Per-image relative L2 under which two frameworks' attributions count as the same.
 SAME = 1e-4
 
 
 #: Gallery order of the method families: class activation maps, gradients, perturbation, the rest.
-FAMILY_ORDER = {"cam": 0, "gradient": 1, "perturbation": 2}
+FAMILY_ORDER = {"cam": 0, "gradient": 1, "lrp": 2, "perturbation": 3}
 
 
 def attribution_methods() -> list[str]:
-    """The registered methods that return attributions (input-shaped or maps), CAMs first, then
-    gradient methods, then perturbation methods, by name within a family."""
+    """The registered methods that explain a class score on the input (input-shaped or maps): CAMs
+    first, then gradient methods, LRP, perturbation methods, by name within a family. Layer and
+    neuron methods (which explain a layer, or need a neuron= choice) are not among them."""
     found = [(FAMILY_ORDER.get(info["family"], 9), _PREFERRED.get(name, 99), name) for name, info in all_methods().items()
-             if info["kind"] in ("input", "map")]
+             if info["kind"] in ("input", "map") and info["family"] != "neuron"]
     return [name for *_, name in sorted(found)]
 
 
@@ -50,8 +60,9 @@ _PREFERRED = {name: i for i, name in enumerate((
     "cam", "gradcam", "guided_gradcam", "gradcam_plus_plus", "scorecam", "xgradcam", "ablationcam", "eigencam",
     "layercam", "hirescam",
     "saliency", "deconvnet", "guided_backprop", "layer_guided_backprop", "input_x_gradient", "integrated_gradients",
-    "smoothgrad", "gradient_shap",
-    "occlusion",
+    "smoothgrad", "gradient_shap", "deeplift", "deeplift_shap",
+    "lrp",
+    "occlusion", "feature_ablation", "feature_permutation", "shapley_sampling", "lime", "kernel_shap", "rise",
 ))}
 
 

@@ -679,7 +679,7 @@ class Backend(ABC):
         """
         self.require(Capability.DEEPLIFT)
         x = self.check_x(x)
-        reference = self._check_baseline(reference, x)
+        reference = self._check_baseline(reference, x, "reference")
         if reference.ndim == 0:
             reference = np.full_like(x, float(reference))
         reference = np.ascontiguousarray(np.broadcast_to(reference, x.shape), dtype=np.float32)
@@ -868,16 +868,21 @@ class Backend(ABC):
             if shape is not None:
                 _check_layer_objective(objective, tuple(shape), n)
 
-    def _check_baseline(self, baseline: Any, x: np.ndarray) -> np.ndarray:
-        b = np.asarray(baseline, dtype=np.float32)
+    def _check_baseline(self, baseline: Any, x: np.ndarray, name: str = "baseline") -> np.ndarray:
+        try:
+            b = np.asarray(baseline, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: expected a number or an array, got {type(baseline).__name__}") from None
         if b.ndim == 0:
+            if not np.isfinite(b):
+                raise InputError(f"{name}: is NaN or infinite")
             return b
         if b.shape == x.shape[1:] or b.shape == x.shape:
             if not np.all(np.isfinite(b)):
-                raise InputError("baseline: contains NaN or infinite values")
+                raise InputError(f"{name}: contains NaN or infinite values")
             return b
         raise InputError(
-            f"baseline: expected a scalar, one image {x.shape[1:]} or one per sample {x.shape}, "
+            f"{name}: expected a scalar, one image {x.shape[1:]} or one per sample {x.shape}, "
             f"got shape {b.shape}"
         )
 

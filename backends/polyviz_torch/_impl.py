@@ -106,7 +106,10 @@ class Runner:
 
     # ---- tensors in ------------------------------------------------------------------------
     def tensor(self, x: np.ndarray | float, dtype: torch.dtype | None = None) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(x), device=self.device).to(dtype or self.dtype)
+        arr = np.asarray(x)
+        if not arr.flags.writeable:  # a broadcast view: torch wants memory it may write
+            arr = arr.copy()
+        return torch.as_tensor(arr, device=self.device).to(dtype or self.dtype)
 
     def model_input(self, x_cl: torch.Tensor) -> torch.Tensor:
         """Preprocess a channels-last batch in torch and permute it to a fresh NCHW tensor."""

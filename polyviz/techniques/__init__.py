@@ -51,8 +51,9 @@ class Context:
 class Result:
     """What a technique returns: raw, signed, float32.
 
-    ``attribution``: input-shaped channels-last (N, H, W, C) for input-space methods, or (N, H, W)
-    maps at input resolution; ``layer_attribution``: (N, h, w) at the layer's resolution;
+    ``attribution``: input-shaped channels-last (N, H, W, C) for input-space methods (kind
+    "input"), (N, H, W) maps at input resolution (kind "map"), or shaped like a layer's output,
+    channels-last (N, h, w, C) or (N, units), for layer methods (kind "layer"); ``layer_attribution``: (N, h, w) at the layer's resolution;
     ``scores``: the target scores where the technique computed them; ``metadata``: extra numbers
     (convergence delta, weights, ...).
     """
@@ -70,7 +71,7 @@ class MethodInfo:
     name: str
     fn: Callable[..., Result]
     description: str
-    kind: str  # "input" (input-shaped attribution) or "map" (one (H, W) map per sample)
+    kind: str  # "input" (input-shaped), "map" (one (H, W) map per sample) or "layer" (layer-shaped)
     needs_layer: bool = False
     needs_baseline: bool = False
     capabilities: tuple[str, ...] = ()
