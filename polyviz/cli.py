@@ -463,8 +463,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
           f"{', '.join(backends)}; the demo model (polyviz.models.demo)", flush=True)
     for line in settings.lines(args.images):
         print(f"  {line}")
-    cheap = [f"{m}: {', '.join(f'{k}={v}' for k, v in o.items())}" for m, o in report.CHEAP_OPTIONS.items()
-             if m in methods]
+    cheap = [f"{m}: {', '.join(f'{k}={v}' for k, v in report.method_options(m, settings).items())}"
+             for m in report.CHEAP_OPTIONS if m in methods]
     if cheap:
         print(f"  cheap settings: {'; '.join(cheap)}; every other method with its defaults")
     if left_out:

@@ -429,6 +429,22 @@ def test_cli_metrics_smoke(tmp_path, capsys):
         assert -1 <= run["values"]["sanity"][0] <= 1
 
 
+def test_report_table_marks_what_could_not_be_computed():
+    from polyviz.metrics.report import COLUMNS, MetricRun, markdown
+
+    full = {key: [0.5, 1.0] for key, _ in COLUMNS}
+    runs = {("a", "torch"): MetricRun("a", "torch", full, seconds=1.0),
+            ("a", "keras"): MetricRun("a", "keras", {k: v for k, v in full.items() if k != "sanity"},
+                                      errors={"sanity": "no copy"}, seconds=2.0),
+            ("b", "torch"): MetricRun("b", "torch", skipped="no layer"),
+            ("b", "keras"): MetricRun("b", "keras", full)}
+    text = markdown(runs, ["a", "b"], ["torch", "keras"])
+    row_a = next(line for line in text.splitlines() if line.startswith("| a "))
+    assert "0.75 / 0.75" in row_a and "0.750 / n/a" in row_a and "1.0 / 2.0" in row_a
+    assert "skipped / 0.75" in text
+    assert "n/a: a (keras), sanity: no copy" in text and "skipped: b (torch): no layer" in text
+
+
 def test_cli_metrics_errors(capsys):
     from polyviz.cli import main
 

@@ -20,11 +20,13 @@ import numpy as np
 
 from polyviz.errors import PolyvizError
 
-__all__ = ["CHEAP_OPTIONS", "Settings", "MetricRun", "judged_methods", "run_report", "markdown", "to_json", "COLUMNS"]
+__all__ = ["CHEAP_OPTIONS", "Settings", "MetricRun", "judged_methods", "method_options", "run_report", "markdown",
+           "to_json", "COLUMNS"]
 
 #: Cheap settings per method for the table (64-pixel images; defaults are sized for 224 px and
 #: exact answers): fewer path steps and noise samples, 16-pixel patches as features (16 groups),
-#: fewer random masks and samples. Methods not listed run with their defaults.
+#: fewer random masks and samples; LRP with the composite rules, as ``polyviz demo`` runs it.
+#: Methods not listed run with their defaults.
 CHEAP_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"n_steps": 8},
     "smoothgrad": {"n_samples": 4},
@@ -36,6 +38,7 @@ CHEAP_OPTIONS: dict[str, dict[str, Any]] = {
     "shapley_sampling": {"features": "patches", "patch_size": 16, "n_samples": 1},
     "kernel_shap": {"features": "patches", "patch_size": 16, "n_samples": 32},
     "lime": {"features": "patches", "patch_size": 16, "n_samples": 32},
+    "lrp": {"rule": "composite", "bounds": (0.0, 1.0)},  # as in the demo (box widened: method_options)
 }
 
 #: (key, column title): lower is better for deletion, infidelity, max-sensitivity and the sanity
@@ -85,11 +88,13 @@ class Settings:
 
 @dataclass
 class MetricRun:
-    """One method in one framework: per-image values per metric, seconds, or why it was skipped."""
+    """One method in one framework: per-image values per metric (``errors``: why a metric could not
+    be computed), seconds, or why the method was skipped."""
 
     method: str
     backend: str
     values: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     skipped: str = ""
 
@@ -111,30 +116,49 @@ def _reason(exc: Exception) -> str:
     return str(exc).split(". ")[0].rstrip(".")[:160]
 
 
+def method_options(method: str, settings: Settings) -> dict[str, Any]:
+    """The options the table runs ``method`` with: :data:`CHEAP_OPTIONS`, LRP's z^B box widened by
+    the max-sensitivity radius (the perturbed inputs leave [0, 1])."""
+    options = dict(CHEAP_OPTIONS.get(method, {}))
+    if method == "lrp" and "bounds" in options:  # z^B's box must hold the inputs max-sensitivity moves
+        low, high = options["bounds"]
+        options["bounds"] = (low - settings.radius, high + settings.radius)
+    return options
+
+
 def _judge(be: Any, randomised: Any, x: np.ndarray, labels: np.ndarray, masks: np.ndarray, method: str,
-           settings: Settings) -> dict[str, list[float]]:
+           settings: Settings) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Per-image values of every metric, and the reason for each metric that could not be computed
+    (the explanation itself failing raises)."""
     from polyviz import metrics
     from polyviz.api import explain
 
-    options = CHEAP_OPTIONS.get(method, {})
+    options = method_options(method, settings)
     common = {"layout": "NHWC", "progress": False, "seed": settings.seed, "batch_size": settings.batch_size}
     e = explain(be, x, method, target=labels, **common, **options)
-    out = {
-        "pointing": metrics.pointing_game(None, None, masks, attribution=e).astype(float),
-        "deletion": metrics.deletion_auc(be, x, labels, attribution=e, step=settings.step, score=settings.score,
-                                         **common),
-        "insertion": metrics.insertion_auc(be, x, labels, attribution=e, step=settings.step, score=settings.score,
-                                           start=settings.insertion_start, **common),
-        "infidelity": metrics.infidelity(be, x, labels, attribution=e, n_perturb_samples=settings.infidelity_samples,
-                                         noise_std=settings.noise_std, normalize=True, relative=True,
-                                         **common),
-        "max_sensitivity": metrics.max_sensitivity(be, x, labels, method=method, attribution=e,
-                                                   n_perturb_samples=settings.sensitivity_samples,
-                                                   radius=settings.radius, method_options=options, **common),
+    jobs = {
+        "pointing": lambda: metrics.pointing_game(None, None, masks, attribution=e).astype(float),
+        "deletion": lambda: metrics.deletion_auc(be, x, labels, attribution=e, step=settings.step,
+                                                 score=settings.score, **common),
+        "insertion": lambda: metrics.insertion_auc(be, x, labels, attribution=e, step=settings.step,
+                                                   score=settings.score, start=settings.insertion_start, **common),
+        "infidelity": lambda: metrics.infidelity(be, x, labels, attribution=e,
+                                                 n_perturb_samples=settings.infidelity_samples,
+                                                 noise_std=settings.noise_std, normalize=True, relative=True, **common),
+        "max_sensitivity": lambda: metrics.max_sensitivity(be, x, labels, method=method, attribution=e,
+                                                           n_perturb_samples=settings.sensitivity_samples,
+                                                           radius=settings.radius, method_options=options, **common),
+        "sanity": lambda: metrics.similarity(e.attribution, explain(randomised, x, method, target=labels, **common,
+                                                                     **options).attribution, settings.similarity),
     }
-    r = explain(randomised, x, method, target=labels, **common, **options)
-    out["sanity"] = metrics.similarity(e.attribution, r.attribution, settings.similarity)
-    return {k: [float(v) for v in np.asarray(vals, np.float64)] for k, vals in out.items()}
+    values: dict[str, list[float]] = {}
+    errors: dict[str, str] = {}
+    for key, job in jobs.items():
+        try:
+            values[key] = [float(v) for v in np.asarray(job(), np.float64)]
+        except PolyvizError as exc:
+            errors[key] = _reason(exc)
+    return values, errors
 
 
 def run_report(
@@ -163,7 +187,8 @@ def run_report(
             run = MetricRun(method, name)
             start = time.perf_counter()
             try:
-                run.values = _judge(backends[name], randomised[name], x, labels, masks, method, settings)
+                run.values, run.errors = _judge(backends[name], randomised[name], x, labels, masks, method,
+                                                settings)
             except PolyvizError as exc:
                 run.skipped = _reason(exc)
             except Exception as exc:  # a broken method must not take the whole table down: say so
@@ -195,7 +220,12 @@ def markdown(runs: dict[tuple[str, str], MetricRun], method_names: Sequence[str]
             parts = []
             for b in backends:
                 run = runs[(m, b)]
-                parts.append("skipped" if run.skipped else _fmt(key, float(np.mean(run.values[key]))))
+                if run.skipped:
+                    parts.append("skipped")
+                elif key in run.errors:
+                    parts.append("n/a")
+                else:
+                    parts.append(_fmt(key, float(np.mean(run.values[key]))))
             cells.append(" / ".join(parts))
         cells.append(" / ".join(f"{runs[(m, b)].seconds:.1f}" for b in backends))
         body.append(cells)
@@ -207,6 +237,8 @@ def markdown(runs: dict[tuple[str, str], MetricRun], method_names: Sequence[str]
         for b in backends:
             if runs[(m, b)].skipped:
                 out.append(f"skipped: {m} ({b}): {runs[(m, b)].skipped}")
+            for key, why in runs[(m, b)].errors.items():
+                out.append(f"n/a: {m} ({b}), {key}: {why}")
     return "\n".join(out)
 
 
