@@ -53,18 +53,10 @@ class SanityCheck:
 
 def weighted_layers(backend: Backend) -> list[str]:
     """Conv and dense layers with parameters, in execution order (a torch ReLU that stands for its
-    fused conv is left out: it has no parameters of its own)."""
-    names = []
-    for info in backend.layers():
-        if info.params <= 0:
-            continue
-        try:
-            kind = backend.layer_config(info.name).get("kind")
-        except Exception:  # noqa: S112 - a layer the backend cannot describe is no conv/dense
-            continue
-        if kind in ("conv2d", "dense") and "kernel" in backend.layer_weights(info.name):
-            names.append(info.name)
-    return names
+    fused conv is left out: it has no parameters of its own); the layers LRP gives rules to."""
+    from polyviz.techniques.lrp import weighted_layers as conv_and_dense
+
+    return [name for name, _ in conv_and_dense(backend) if "kernel" in backend.layer_weights(name)]
 
 
 def random_weights(original: dict[str, np.ndarray], seed: int, index: int) -> dict[str, np.ndarray]:
