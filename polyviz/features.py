@@ -54,7 +54,8 @@ class Partition:
         return np.stack([np.asarray(v, np.float64)[lab] for v, lab in zip(values, self.labels)]).astype(np.float32)
 
 
-def _positive_pair(value: object, name: str) -> tuple[int, int]:
+def positive_pair(value: object, name: str) -> tuple[int, int]:
+    """An int or a pair (height, width) of positive ints, checked (errors name ``name``)."""
     vals = (value, value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else value
     try:
         h, w = vals  # type: ignore[misc]
@@ -75,7 +76,7 @@ def patches(height: int, width: int, size: int | tuple[int, int] = 16) -> np.nda
     """(H, W) labels of tiles of ``size`` (an int or (height, width)) pixels, numbered in raster
     order from the top-left; tiles on the bottom and right edges are cut short where ``size`` does
     not divide the image."""
-    ph, pw = _positive_pair(size, "patch_size")
+    ph, pw = positive_pair(size, "patch_size")
     per_row = -(-width // pw)
     rows = np.arange(height)[:, None] // ph
     cols = np.arange(width)[None, :] // pw

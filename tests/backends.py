@@ -93,3 +93,24 @@ def seeded_vgg16_float64():
         kmodel, _ = backend_class("keras").build(spec, random_weights(spec, 0))
     assert kmodel.compute_dtype == "float64" and kmodel.get_layer("block1_conv1").kernel.dtype == "float64"
     return tmodel, kmodel
+
+
+def captum_pool_safe(model):
+    """A copy of a torch ``model`` with ``x * 1`` in front of every MaxPool2d: the same function,
+    but Captum 0.9's DeepLift hooks then see the pool's gradient (a ReLU feeding a MaxPool2d
+    directly is mis-attributed, pytorch/captum#1104; see tests/test_deeplift.py)."""
+    import copy
+
+    from torch import nn
+
+    class TimesOne(nn.Module):
+        def forward(self, x):
+            return x * 1.0
+
+    clone = copy.deepcopy(model)
+    for module in list(clone.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(module, name, nn.Sequential(TimesOne(), child))
+    assert any(isinstance(m, TimesOne) for m in clone.modules())
+    return clone.eval()

@@ -11,13 +11,12 @@ weights) sidesteps the hook ordering, and Captum's result is then complete and e
 on the original model. polyviz's own rules never depend on module boundaries.
 """
 
-import copy
 
 import numpy as np
 import pytest
 
 import polyviz
-from backends import ALL, both_frameworks, build, have, keras_float64, rel
+from backends import ALL, both_frameworks, build, captum_pool_safe, have, keras_float64, rel
 from polyviz.errors import CapabilityError, InputError
 from polyviz.models.spec import vgg_spec
 from polyviz.protocol import ClassScore
@@ -55,28 +54,11 @@ def torch_model(spec=None, seed=0):
     return model.eval()
 
 
-def captum_safe(model):
-    """A copy of ``model`` with ``x * 1`` in front of every MaxPool2d (see the module docstring)."""
-    from torch import nn
-
-    class TimesOne(nn.Module):
-        def forward(self, x):
-            return x * 1.0
-
-    clone = copy.deepcopy(model)
-    for module in list(clone.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.MaxPool2d):
-                setattr(module, name, nn.Sequential(TimesOne(), child))
-    assert any(isinstance(m, TimesOne) for m in clone.modules())
-    return clone.eval()
-
-
 def captum(cls, model, x, baselines, target):
     """Captum's ``cls`` (DeepLift / DeepLiftShap) on the captum-safe copy; NHWC numpy out."""
     import torch
 
-    out, delta = cls(captum_safe(model)).attribute(
+    out, delta = cls(captum_pool_safe(model)).attribute(
         torch.from_numpy(nchw(x)), baselines=torch.from_numpy(nchw(baselines)), target=[int(v) for v in target],
         return_convergence_delta=True)
     return out.detach().numpy().transpose(0, 2, 3, 1), delta.detach().numpy()

@@ -11,7 +11,7 @@ import pytest
 
 import polyviz
 import polyviz.models
-from backends import both_frameworks, build, have, rel
+from backends import both_frameworks, build, captum_pool_safe, have, rel
 from polyviz.errors import InputError, LayerError, TargetError
 from polyviz.models import convert
 from polyviz.models.spec import vgg_spec
@@ -188,27 +188,6 @@ def test_neuron_gradient_shap_matches_captum_with_the_same_draws(bk, reference):
     assert rel(e.attribution, expected) <= 1e-4
 
 
-def pool_safe(model):
-    """A copy of ``model`` with ``x * 1`` in front of every MaxPool2d: the same function, on which
-    Captum's DeepLift hooks see the max-pool multipliers (with a ReLU module straight into a
-    MaxPool module, Captum's ReLU hook rescales the plain max-pool gradient; see
-    tests/test_deeplift.py and pytorch/captum#1104). Module names of the other layers are kept."""
-    import copy
-
-    from torch import nn
-
-    class TimesOne(nn.Module):
-        def forward(self, x):
-            return x * 1.0
-
-    clone = copy.deepcopy(model)
-    for module in list(clone.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.MaxPool2d):
-                setattr(module, name, nn.Sequential(TimesOne(), child))
-    return clone.eval()
-
-
 def test_neuron_deeplift_shap_matches_captum(bk, reference):
     import torch
     from captum.attr import NeuronDeepLiftShap
@@ -216,7 +195,7 @@ def test_neuron_deeplift_shap_matches_captum(bk, reference):
     if "deeplift" not in backend_class(bk).capabilities:
         pytest.skip(f"the {bk} backend has no DeepLIFT")
     tmodel, tnames, _ = reference
-    tmodel = pool_safe(tmodel)
+    tmodel = captum_pool_safe(tmodel)
     model, names = build(bk, SPEC, seed=0)
     dist = images(3, seed=8) * 0.3
     for spec_layer, neuron in ((CONV, (3, 5, 1)), (DENSE, (8,))):

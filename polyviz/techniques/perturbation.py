@@ -10,24 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from polyviz.errors import InputError
+from polyviz.features import positive_pair
 from polyviz.protocol import Boxes, Capability, ClassScore
 from polyviz.techniques import Context, Result, method
 from polyviz.techniques.gradients import _baseline
 
 __all__ = ["occlusion", "window_starts"]
-
-
-def _pair(value: object, name: str) -> tuple[int, int]:
-    """An int or a pair of positive ints (height, width)."""
-    vals = (value, value) if isinstance(value, int | np.integer) and not isinstance(value, bool) else value
-    try:
-        h, w = vals  # type: ignore[misc]
-    except (TypeError, ValueError):
-        raise InputError(f"{name}: expected an int or a pair (height, width) of ints, got {value!r}") from None
-    for v in (h, w):
-        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-            raise InputError(f"{name}: expected positive ints, got {value!r}")
-    return int(h), int(w)
 
 
 def window_starts(size: int, window: int, stride: int) -> np.ndarray:
@@ -66,8 +54,8 @@ def occlusion(
     built on the backend's device.
     """
     n, height, width, _ = ctx.x.shape
-    wh, ww = _pair(window, "window")
-    sh, sw = _pair(stride, "stride")
+    wh, ww = positive_pair(window, "window")
+    sh, sw = positive_pair(stride, "stride")
     if wh > height or ww > width:
         raise InputError(f"window: {wh}x{ww} is larger than the input {height}x{width}")
     ys, xs = window_starts(height, wh, sh), window_starts(width, ww, sw)
