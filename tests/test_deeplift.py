@@ -323,3 +323,7 @@ def test_seeded_vgg16_torch_and_keras():
     b = explain(kmodel, x, "deeplift", target=3, baseline=base)
     assert np.abs(a.attribution).max() > 0
     assert rel(b.attribution, a.attribution) <= 1e-3
+    two = np.stack([base, np.zeros_like(base)])
+    a = explain(tmodel, x, "deeplift_shap", target=3, baselines=two)
+    b = explain(kmodel, x, "deeplift_shap", target=3, baselines=two)
+    assert rel(b.attribution, a.attribution) <= 1e-3

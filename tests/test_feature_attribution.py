@@ -366,7 +366,7 @@ def converted_vgg16():
     return tv, convert(tv, to="keras").model
 
 
-HALVES = np.repeat([[0, 1]], 224 * 112, axis=0).reshape(224, 224)  # left and right half: few passes
+HALVES = np.repeat(np.repeat([[0, 1]], 112, axis=1), 224, axis=0)  # left and right half: few passes
 VGG_CASES = [  # 25 forward passes per framework in all
     ("feature_ablation", {"features": HALVES}),
     ("feature_permutation", {"features": HALVES}),
@@ -389,3 +389,19 @@ def test_torchvision_vgg16_and_its_keras_conversion_agree(converted_vgg16, metho
     b = explain(keras_model, x, method, target=target, **options)
     assert np.abs(a.attribution).max() > 0
     assert rel(b.attribution, a.attribution) <= 1e-3, method
+
+
+@pytest.mark.slow
+def test_captum_feature_ablation_on_vgg16(converted_vgg16):
+    """Captum's FeatureAblation on (seeded) torchvision VGG16 with four quadrants as groups."""
+    import torch
+    from captum.attr import FeatureAblation
+
+    tv, _ = converted_vgg16
+    quadrants = np.repeat(np.repeat(np.arange(4).reshape(2, 2), 112, axis=0), 112, axis=1)
+    x = np.random.default_rng(1).random((1, 224, 224, 3)).astype(np.float32)
+    ours = explain(tv, x, "feature_ablation", target=3, features=quadrants)
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    mask = torch.from_numpy(quadrants)[None, None].expand(1, 3, 224, 224)
+    expected = FeatureAblation(tv).attribute(xt, target=3, feature_mask=mask, baselines=0.0)
+    assert rel(ours.attribution, expected[:, 0].detach().numpy()) <= 1e-4

@@ -203,6 +203,36 @@ def test_vgg16_composite_matches_zennit_epsilon_gamma_box():
     assert float(out[0, 3]) == pytest.approx(float(e.scores[0]), rel=1e-5)
 
 
+@pytest.mark.slow
+def test_vgg16_epsilon_matches_captum():
+    """Captum's LRP with its default rule (epsilon 1e-9) on every conv and linear layer of seeded
+    torchvision VGG16, its pools set to polyviz's conventions (average pool: LRP-0 with a 1e-6
+    stabiliser; max pool: relevance to the maximum). With Captum's own pool epsilon of 1e-9 the
+    two differ by 1.7e-3: the stabiliser matters at post-ReLU activations of ~1e-6."""
+    import copy
+
+    import torch
+    import torchvision
+    from captum.attr import LRP
+    from captum.attr._utils.lrp_rules import EpsilonRule
+
+    torch.manual_seed(0)
+    tv = torchvision.models.vgg16().eval()
+    x = np.random.default_rng(1).random((1, 224, 224, 3)).astype(np.float32)
+    ours = polyviz.explain(tv, x, "lrp", target=3, layout="NHWC", progress=False, rule="epsilon", epsilon=1e-9)
+    reference = copy.deepcopy(tv)
+    for module in reference.modules():
+        if isinstance(module, torch.nn.ReLU):
+            module.inplace = False
+        elif isinstance(module, torch.nn.AdaptiveAvgPool2d):
+            module.rule = EpsilonRule(1e-6)
+        elif isinstance(module, torch.nn.MaxPool2d):
+            module.rule = EpsilonRule(1e-12)  # R a / (a + 1e-12): all of R to the maximum
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    expected = LRP(reference).attribute(xt, target=3).permute(0, 2, 3, 1).detach().numpy()
+    assert rel(ours.attribution, expected) <= 1e-4
+
+
 @both_frameworks
 @pytest.mark.slow
 def test_vgg16_composite_agrees_across_frameworks():
