@@ -298,3 +298,19 @@ def test_a_batchnorm_layer_without_a_rule_is_refused():
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 3)).eval()
     with pytest.raises(CapabilityError, match="BatchNorm2d"):
         polyviz.explain(model, images(1), "lrp", target=0, layout="NHWC", progress=False)
+
+
+def test_keras_reuses_its_compiled_relevance_function():
+    """New targets, batch sizes and batches of other images reuse one trace (z^B bounds default to
+    (0, 1) for images in [0, 1], not to each batch's own range)."""
+    pytest.importorskip("tensorflow")
+    from polyviz_keras import _functions
+
+    model, _ = build("keras", small_spec("gap"), seed=1)
+    run = lambda x, t: polyviz.explain(model, x, "lrp", target=t, layout="NHWC", progress=False, rule="composite")  # noqa: E731
+    run(images(2, seed=1), [0, 1])
+    before = _functions.TRACES.get("lrp", 0)
+    assert before >= 1
+    run(images(3, seed=2), [2, 3, 4])
+    run(images(1, seed=3) * 0.5, 1)
+    assert _functions.TRACES.get("lrp", 0) == before

@@ -41,8 +41,12 @@ def weighted_layers(backend: Backend) -> list[tuple[str, str]]:
 
 def _bounds(ctx: Context, bounds: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """z^B bounds per input channel in the model's input space (after preprocessing)."""
-    if bounds is None:
+    if bounds is None:  # the usual image ranges, so that the rule (and a compiled function) is reused
         lo, hi = float(ctx.x.min()), float(ctx.x.max())
+        for low, high in ((0.0, 1.0), (0.0, 255.0)):
+            if low <= lo and hi <= high:
+                lo, hi = low, high
+                break
     else:
         try:
             lo, hi = (float(v) for v in bounds)
@@ -160,8 +164,9 @@ def lrp(
     convs, epsilon on the upper half, LRP-0 on the dense layers (Montavon et al. 2019's
     recommendation for VGG16). ``rules`` overrides per layer name, kind ("conv2d", "dense") or
     "first", with rule names or :class:`~polyviz.protocol.LRPRule` objects. ``bounds``: the input
-    range (low, high) for z^B, in the caller's units (default: x's min and max over the batch);
-    mapped through the backend's preprocessing. The stabiliser of every rule but epsilon is 1e-6.
+    range (low, high) for z^B, in the caller's units (default: (0, 1) when x lies in it, else
+    (0, 255) when x lies in that, else x's min and max over the batch); mapped through the
+    backend's preprocessing. The stabiliser of every rule but epsilon is 1e-6.
 
     ReLUs pass relevance through, max pooling to the maximum, average pooling by LRP-0; layers with
     parameters but no rule (BatchNorm) are refused. Matches zennit's rules (its ``EpsilonGammaBox``
