@@ -57,7 +57,15 @@ def _linear(layer: Any, a: tf.Tensor, w: tf.Tensor, b: tf.Tensor | None) -> tf.T
 
 
 def _backprop(layer: Any, a: tf.Tensor, w: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-    """W^T s: the gradient of the (bias-free) affine map at ``a`` with output gradient ``s``."""
+    """W^T s: the gradient of the (bias-free, linear) map for the output gradient ``s``, shaped like
+    the input ``a``. A matrix product or a transposed convolution, no forward pass; the tape
+    through the map for convolutions it does not cover (groups, dilated strides)."""
+    if isinstance(layer, keras.layers.Dense):
+        return tf.tensordot(s, w, axes=[[s.shape.rank - 1], [1]])
+    strides, dilation = tuple(layer.strides), tuple(layer.dilation_rate)
+    if getattr(layer, "groups", 1) == 1 and (strides == (1, 1) or dilation == (1, 1)):
+        return tf.nn.conv2d_transpose(s, w, tf.shape(a), strides=strides, padding=layer.padding.upper(),
+                                      dilations=dilation)
     with tf.GradientTape() as tape:
         tape.watch(a)
         z = _linear(layer, a, w, None)
@@ -68,8 +76,9 @@ def _per_channel(value: Any, like: tf.Tensor) -> tf.Tensor:
     return tf.broadcast_to(tf.constant(np.asarray(value), like.dtype), tf.shape(like))
 
 
-def relevance_rule(layer: Any, rule: LRPRule, w: tf.Tensor, b: tf.Tensor | None) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """``fn(a, R_out) -> R_in`` for a conv/dense layer under ``rule`` (see polyviz_torch._lrp)."""
+def relevance_rule(layer: Any, rule: LRPRule, w: tf.Tensor, b: tf.Tensor | None) -> Callable[..., tf.Tensor]:
+    """``fn(a, R_out, z) -> R_in`` for a conv/dense layer under ``rule`` (``z`` its output; see
+    polyviz_torch._lrp)."""
     eps = rule.epsilon
 
     def clip(t: tf.Tensor | None, positive: bool) -> tf.Tensor | None:
@@ -77,15 +86,14 @@ def relevance_rule(layer: Any, rule: LRPRule, w: tf.Tensor, b: tf.Tensor | None)
             return None
         return tf.maximum(t, 0) if positive else tf.minimum(t, 0)
 
-    def fn(a: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+    def fn(a: tf.Tensor, r: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         if rule.name in ("zero", "epsilon"):
-            z = _linear(layer, a, w, b)
             return a * _backprop(layer, a, w, r / stabilize(z, eps))
         if rule.name == "zbox":
             low, high = _per_channel(rule.low, a), _per_channel(rule.high, a)
             wp, wn = clip(w, True), clip(w, False)
-            z = _linear(layer, a, w, b) - _linear(layer, low, wp, clip(b, True)) - _linear(layer, high, wn, clip(b, False))
-            s = r / stabilize(z, eps)
+            zb = z - _linear(layer, low, wp, clip(b, True)) - _linear(layer, high, wn, clip(b, False))
+            s = r / stabilize(zb, eps)
             return a * _backprop(layer, a, w, s) - low * _backprop(layer, low, wp, s) - high * _backprop(layer, high, wn, s)
         ap, an = clip(a, True), clip(a, False)
         if rule.name == "gamma":
@@ -93,7 +101,6 @@ def relevance_rule(layer: Any, rule: LRPRule, w: tf.Tensor, b: tf.Tensor | None)
             wp, wn = w + g * clip(w, True), w + g * clip(w, False)
             bp = None if b is None else b + g * clip(b, True)
             bn = None if b is None else b + g * clip(b, False)
-            z = _linear(layer, a, w, b)
             s_pos = tf.cast(z > 0, r.dtype) * r / stabilize(_linear(layer, ap, wp, bp) + _linear(layer, an, wn, None), eps)
             s_neg = tf.cast(z < 0, r.dtype) * r / stabilize(_linear(layer, ap, wn, bn) + _linear(layer, an, wp, None), eps)
             return (ap * _backprop(layer, ap, wp, s_pos) + an * _backprop(layer, an, wn, s_pos)
@@ -110,20 +117,21 @@ def relevance_rule(layer: Any, rule: LRPRule, w: tf.Tensor, b: tf.Tensor | None)
     return fn
 
 
-def _with_backward(forward: Callable[[tf.Tensor], tf.Tensor], backward: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+def _with_backward(forward: Callable[[tf.Tensor], tf.Tensor], backward: Callable[..., tf.Tensor],
                    a: tf.Tensor) -> tf.Tensor:
-    """``forward(a)`` whose backward is ``backward(a, relevance)``."""
+    """``forward(a)`` whose backward is ``backward(a, relevance, forward(a))``."""
 
     @tf.custom_gradient
     def op(inp: tf.Tensor) -> Any:
-        return forward(inp), lambda relevance: backward(inp, relevance)
+        out = forward(inp)
+        return out, lambda relevance: backward(inp, relevance, out)
 
     return op(a)
 
 
 def _pass(fn: Callable[[tf.Tensor], tf.Tensor], a: tf.Tensor) -> tf.Tensor:
     """An element-wise activation that passes relevance through unchanged."""
-    return _with_backward(fn, lambda inp, relevance: relevance, a)
+    return _with_backward(fn, lambda inp, relevance, out: relevance, a)
 
 
 def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: dict) -> tf.Tensor:
@@ -158,12 +166,12 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
     return keras_operation_fn(layer, training=False)(*args, **kwargs)
 
 
-def _average_backward(layer: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    def backward(a: tf.Tensor, r: tf.Tensor) -> tf.Tensor:
+def _average_backward(layer: Any) -> Callable[..., tf.Tensor]:
+    def backward(a: tf.Tensor, r: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             tape.watch(a)
-            z = layer(a)
-        return a * tape.gradient(z, a, output_gradients=r / stabilize(tf.stop_gradient(z), STABILISER))
+            pooled = layer(a)
+        return a * tape.gradient(pooled, a, output_gradients=r / stabilize(tf.stop_gradient(z), STABILISER))
 
     return backward
 

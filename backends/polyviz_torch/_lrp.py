@@ -58,13 +58,22 @@ def _call(module: nn.Module, a: torch.Tensor, weight: torch.Tensor, bias: torch.
     return module._conv_forward(a, weight, bias)
 
 
-def _backprop(module: nn.Module, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-              seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(z, W^T seed) for the layer with the given weights at input ``a``."""
-    a = a.detach().requires_grad_()
-    z = _call(module, a, weight, bias)
-    (grad,) = torch.autograd.grad(z, a, seed)
-    return z, grad
+_CONV_INPUT_GRAD = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
+                    nn.Conv3d: torch.nn.grad.conv3d_input}
+
+
+def _transpose(module: nn.Module, weight: torch.Tensor, seed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """W^T seed: the gradient of the layer's (bias-free, linear) map for the output gradient
+    ``seed``, shaped like the layer's input ``like``. A transposed convolution, no forward pass;
+    autograd through the map where the padding is not plain zeros."""
+    if isinstance(module, nn.Linear):
+        return seed @ weight
+    grad_input = _CONV_INPUT_GRAD.get(type(module))
+    if grad_input is not None and module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        return grad_input(like.shape, weight, seed, module.stride, module.padding, module.dilation, module.groups)
+    a = torch.zeros_like(like).requires_grad_()
+    (grad,) = torch.autograd.grad(_call(module, a, weight, None), a, seed)
+    return grad
 
 
 def _outputs(module: nn.Module, terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
@@ -80,8 +89,8 @@ def _expand(value: float | tuple[float, ...], like: torch.Tensor) -> torch.Tenso
     return t.expand_as(like)
 
 
-def relevance_rule(module: nn.Module, rule: LRPRule) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``fn(a, R_out) -> R_in`` for a weighted module under ``rule``."""
+def relevance_rule(module: nn.Module, rule: LRPRule) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``fn(a, R_out, z) -> R_in`` for a weighted module under ``rule`` (``z`` its output)."""
     w = module.weight.detach()
     b = module.bias.detach() if module.bias is not None else None
     eps = rule.epsilon
@@ -92,50 +101,51 @@ def relevance_rule(module: nn.Module, rule: LRPRule) -> Callable[[torch.Tensor, 
     def neg(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.clamp(max=0)
 
-    def fn(a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def fn(a: torch.Tensor, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """R_in from the input ``a``, the relevance ``r`` at the output and the output ``z``."""
+
+        def t(weight: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+            return _transpose(module, weight, seed, a)
+
         if rule.name in ("zero", "epsilon"):
-            z = _outputs(module, [(a, w, b)])[0]
-            _, g = _backprop(module, a, w, b, r / stabilize(z, eps))
-            return a * g
+            return a * t(w, r / stabilize(z, eps))
         if rule.name == "zbox":
             low, high = _expand(rule.low, a), _expand(rule.high, a)
             wp, wn = w.clamp(min=0), w.clamp(max=0)
-            z, zl, zh = _outputs(module, [(a, w, b), (low, wp, pos(b)), (high, wn, neg(b))])
+            zl, zh = _outputs(module, [(low, wp, pos(b)), (high, wn, neg(b))])
             s = r / stabilize(z - zl - zh, eps)
-            return a * _backprop(module, a, w, b, s)[1] - low * _backprop(module, low, wp, None, s)[1] \
-                - high * _backprop(module, high, wn, None, s)[1]
+            return a * t(w, s) - low * t(wp, s) - high * t(wn, s)
         ap, an = a.clamp(min=0), a.clamp(max=0)
         if rule.name == "gamma":
             g = rule.gamma
             wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
             bp = None if b is None else b + g * b.clamp(min=0)
             bn = None if b is None else b + g * b.clamp(max=0)
-            z, o0, o1, o2, o3 = _outputs(module, [(a, w, b), (ap, wp, bp), (an, wn, None), (ap, wn, bn), (an, wp, None)])
+            o0, o1, o2, o3 = _outputs(module, [(ap, wp, bp), (an, wn, None), (ap, wn, bn), (an, wp, None)])
             s_pos = (z > 0).to(r.dtype) * r / stabilize(o0 + o1, eps)
             s_neg = (z < 0).to(r.dtype) * r / stabilize(o2 + o3, eps)
-            return (ap * _backprop(module, ap, wp, bp, s_pos)[1] + an * _backprop(module, an, wn, None, s_pos)[1]
-                    + ap * _backprop(module, ap, wn, bn, s_neg)[1] + an * _backprop(module, an, wp, None, s_neg)[1])
+            return ap * (t(wp, s_pos) + t(wn, s_neg)) + an * (t(wn, s_pos) + t(wp, s_neg))
         # alpha_beta
         wp, wn = w.clamp(min=0), w.clamp(max=0)
-        o0, o1, o2, o3 = _outputs(module, [(ap, wp, pos(b)), (an, wn, None), (ap, wn, neg(b)), (an, wp, None)])
+        o0, o1 = _outputs(module, [(ap, wp, pos(b)), (an, wn, None)])
         s_pos = r / stabilize(o0 + o1, eps)
-        s_neg = r / stabilize(o2 + o3, eps)
-        positive = ap * _backprop(module, ap, wp, pos(b), s_pos)[1] + an * _backprop(module, an, wn, None, s_pos)[1]
+        positive = ap * t(wp, s_pos) + an * t(wn, s_pos)
         if rule.beta == 0:
             return rule.alpha * positive
-        negative = ap * _backprop(module, ap, wn, neg(b), s_neg)[1] + an * _backprop(module, an, wp, None, s_neg)[1]
-        return rule.alpha * positive - rule.beta * negative
+        o2, o3 = _outputs(module, [(ap, wn, neg(b)), (an, wp, None)])
+        s_neg = r / stabilize(o2 + o3, eps)
+        return rule.alpha * positive - rule.beta * (ap * t(wn, s_neg) + an * t(wp, s_neg))
 
     return fn
 
 
-def average_rule(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def average_rule(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
     """LRP-0 (stabiliser 1e-6) through an average pool."""
 
-    def fn(a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def fn(a: torch.Tensor, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         a = a.detach().requires_grad_()
-        z = module.forward(a)  # not module(a): that would run our hook again
-        (g,) = torch.autograd.grad(z, a, r / stabilize(z.detach(), STABILISER))
+        pooled = module.forward(a)  # not module(a): that would run our hook again
+        (g,) = torch.autograd.grad(pooled, a, r / stabilize(z, STABILISER))
         return a.detach() * g
 
     return fn
@@ -147,14 +157,14 @@ class _Relevance(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, inp: torch.Tensor, out: torch.Tensor, fn: Callable[..., torch.Tensor]) -> torch.Tensor:
         ctx.fn = fn
-        ctx.save_for_backward(inp)
+        ctx.save_for_backward(inp, out)
         return out.clone()
 
     @staticmethod
     def backward(ctx: Any, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        (inp,) = ctx.saved_tensors
+        inp, out = ctx.saved_tensors
         with torch.enable_grad():
-            return ctx.fn(inp.detach(), relevance), None, None
+            return ctx.fn(inp.detach(), relevance, out), None, None
 
 
 class _PassThrough(torch.autograd.Function):
