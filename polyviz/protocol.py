@@ -567,6 +567,8 @@ class Backend(ABC):
         x = self.check_x(x)
         self._check_objective(objective, len(x))
         rule = self._check_rule(rule)
+        if rule.lrp and objective.layers:
+            raise InputError("objective: LRP explains an output objective (ClassScore, OutputWeighting, NativeCallable)")
         return self._input_gradient(x, objective, rule)
 
     def layer_activations(
@@ -588,6 +590,8 @@ class Backend(ABC):
         layers = self.check_layers(layers)
         self._check_objective(objective, len(x))
         rule = self._check_rule(rule)
+        if rule.lrp:
+            raise InputError("rule: LRP rules give relevance at the input (input_gradient), not at layers")
         return self._layer_gradients(x, layers, objective, rule)
 
     def masked_scores(

@@ -191,8 +191,6 @@ class KerasBackend(Backend):
         return Gradients(values.numpy().astype(np.float32), grad.numpy().astype(np.float32))
 
     def _layer_gradients(self, x: np.ndarray, layers: list[str], objective: Objective, rule: Rule) -> LayerGradients:
-        if rule.lrp:
-            raise InputError("rule: LRP rules give relevance at the input (input_gradient), not at layers")
         names = tuple(dict.fromkeys(layers))
         values, acts, grads = self._gradient(x, objective, rule, names)
         return LayerGradients(

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from polyviz.errors import CapabilityError, InputError
+from polyviz.errors import CapabilityError
 from polyviz.protocol import Gradients, LRPRule, Objective, Rule, check_output_objective
 
 __all__ = ["call_with_relevance", "lrp_gradient"]
@@ -215,8 +215,6 @@ def lrp_gradient(backend: Any, x: np.ndarray, objective: Objective, rule: Rule) 
     """Objective values and relevance at the input for ``backend``'s model under ``rule.lrp``."""
     from polyviz_keras._functions import cached, objective_data, objective_static
 
-    if objective.layers:
-        raise InputError("objective: LRP explains an output objective (ClassScore, OutputWeighting, NativeCallable)")
     n = len(x)
     check_output_objective(objective, backend._out_shape(n))
     data = objective_data(objective, n, tuple(backend.output_shape[1:]), None)

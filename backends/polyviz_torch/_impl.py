@@ -318,8 +318,6 @@ class Runner:
             return result
 
     def layer_gradients(self, x: np.ndarray, layers: list[str], objective: Objective, rule: Rule) -> LayerGradients:
-        if rule.lrp:
-            raise InputError("rule: LRP rules give relevance at the input (input_gradient), not at layers")
         objective_layers = [name for name in objective.layers if name not in layers]
         wanted = layers + objective_layers
         with guarded(self.model) as handles:

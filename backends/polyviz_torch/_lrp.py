@@ -261,12 +261,9 @@ def relevance(runner: Any, x: Any, objective: Any, rule: Any) -> Any:
 
     Relevance lives on the model's input (after preprocessing): it is not chained through the
     preprocessing's scale, which would turn it back into a gradient."""
-    from polyviz.errors import InputError
     from polyviz.protocol import Gradients
     from polyviz_torch._impl import guarded, to_numpy
 
-    if objective.layers:
-        raise InputError("objective: LRP explains an output objective (ClassScore, OutputWeighting, NativeCallable)")
     with guarded(runner.model) as handles, torch.enable_grad():
         with torch.no_grad():
             model_input = runner.model_input(runner.tensor(x))
