@@ -146,19 +146,24 @@ class KerasBackend(Backend):
         out, _ = self._call(self._forward_fn(x.shape), x)
         return out.numpy().astype(np.float32, copy=False)
 
-    def _gradient(self, x: np.ndarray, objective: Objective, rule: Rule, layers: tuple[str, ...]) -> Any:
-        from polyviz_keras._functions import cached, make_gradient, objective_data, objective_static
+    def _objective_parts(self, x: np.ndarray, objective: Objective) -> tuple[dict[str, np.ndarray], Any, tuple]:
+        """The objective checked against the output, as (per-call data arrays, the static part
+        that shapes a traced graph, the data's signature for a cache key)."""
+        from polyviz_keras._functions import objective_data, objective_static
 
         n = len(x)
         check_output_objective(objective, self._out_shape(n))
-        layer_shape = None
-        if getattr(objective, "layers", ()):
-            layer_shape = self.layer_info(objective.layers[0]).output_shape
+        layer_shape = self.layer_info(objective.layers[0]).output_shape if objective.layers else None
         data = objective_data(objective, n, tuple(self.output_shape[1:]), layer_shape)
-        static = objective_static(objective)
+        signature = tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items()))
+        return data, objective_static(objective), signature
+
+    def _gradient(self, x: np.ndarray, objective: Objective, rule: Rule, layers: tuple[str, ...]) -> Any:
+        from polyviz_keras._functions import cached, make_gradient
+
+        data, static, signature = self._objective_parts(x, objective)
         wrt_layers = bool(layers)
-        key = self._key("gradient", tuple(x.shape[1:]), static, layers, rule.relu,
-                        tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items())))
+        key = self._key("gradient", tuple(x.shape[1:]), static, layers, rule.relu, signature)
         fn = cached(
             self.model, key,
             lambda: make_gradient(self.model, key, x.shape, data, static, layers, wrt_layers,
@@ -168,15 +173,10 @@ class KerasBackend(Backend):
 
     def _deeplift_gradient(self, x: np.ndarray, reference: np.ndarray, objective: Objective) -> Gradients:
         from polyviz_keras._deeplift import make_deeplift
-        from polyviz_keras._functions import cached, objective_data, objective_static
+        from polyviz_keras._functions import cached
 
-        n = len(x)
-        check_output_objective(objective, self._out_shape(n))
-        layer_shape = self.layer_info(objective.layers[0]).output_shape if objective.layers else None
-        data = objective_data(objective, n, tuple(self.output_shape[1:]), layer_shape)
-        static = objective_static(objective)
-        key = self._key("deeplift", tuple(x.shape[1:]), static,
-                        tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items())))
+        data, static, signature = self._objective_parts(x, objective)
+        key = self._key("deeplift", tuple(x.shape[1:]), static, signature)
         fn = cached(self.model, key,
                     lambda: make_deeplift(self.model, key, x.shape, data, static, self.preprocess, self.logits))
         values, grad = self._call(fn, x, reference, data)
@@ -202,14 +202,10 @@ class KerasBackend(Backend):
     def _replaced_layer_gradients(
         self, x: np.ndarray, layer: str, activation: np.ndarray, objective: Objective
     ) -> LayerGradients:
-        from polyviz_keras._functions import cached, make_replaced, objective_data, objective_static
+        from polyviz_keras._functions import cached, make_replaced
 
-        n = len(x)
-        check_output_objective(objective, self._out_shape(n))
-        data = objective_data(objective, n, tuple(self.output_shape[1:]), None)
-        static = objective_static(objective)
-        key = self._key("replaced", tuple(x.shape[1:]), layer, tuple(activation.shape[1:]), static,
-                        tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items())))
+        data, static, signature = self._objective_parts(x, objective)
+        key = self._key("replaced", tuple(x.shape[1:]), layer, tuple(activation.shape[1:]), static, signature)
         fn = cached(
             self.model, key,
             lambda: make_replaced(self.model, key, x.shape, activation.shape, data, static, layer,

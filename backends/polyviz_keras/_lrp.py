@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from polyviz.errors import CapabilityError
-from polyviz.protocol import Gradients, LRPRule, Objective, Rule, check_output_objective
+from polyviz.protocol import Gradients, LRPRule, Objective, Rule
 
 __all__ = ["call_with_relevance", "lrp_gradient"]
 
@@ -213,14 +213,10 @@ def make_lrp_gradient(model: Any, key: Hashable, x_shape: tuple, data: dict[str,
 
 def lrp_gradient(backend: Any, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
     """Objective values and relevance at the input for ``backend``'s model under ``rule.lrp``."""
-    from polyviz_keras._functions import cached, objective_data, objective_static
+    from polyviz_keras._functions import cached
 
-    n = len(x)
-    check_output_objective(objective, backend._out_shape(n))
-    data = objective_data(objective, n, tuple(backend.output_shape[1:]), None)
-    static = objective_static(objective)
-    key = backend._key("lrp", tuple(x.shape[1:]), static, rule.lrp,
-                       tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items())))
+    data, static, signature = backend._objective_parts(x, objective)
+    key = backend._key("lrp", tuple(x.shape[1:]), static, rule.lrp, signature)
     fn = cached(backend.model, key, lambda: make_lrp_gradient(backend.model, key, x.shape, data, static,
                                                               backend.preprocess, backend.logits, rule.lrp))
     values, grad = backend._call(fn, x, data)
