@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from polyviz.api import default_layer, explain
-from polyviz.protocol import GUIDED, Backend, Boxes, ChannelMean, ClassScore
+from polyviz.protocol import GUIDED, Backend, Boxes, ChannelMean, ClassScore, LRPRule
 from polyviz.registry import backend_for
 
 __all__ = ["BenchRow", "run_bench", "markdown", "DEFAULT_METHODS", "QUICK_METHODS"]
@@ -43,6 +43,12 @@ DEFAULT_METHODS = (
     "saliency", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad",
     "gradcam", "gradcam_plus_plus", "layercam", "scorecam", "occlusion", "optimisation_step",
 )
+#: Options a benchmarked method runs with. LRP: zennit's ``EpsilonGammaBox`` assignment (z^B on the
+#: first conv, gamma on the others, epsilon on the dense layers), so that zennit is a like-for-like peer.
+METHOD_OPTIONS: dict[str, dict[str, Any]] = {
+    "lrp": {"rule": "composite", "bounds": (0.0, 1.0),
+            "rules": {"first": "zbox", "conv2d": "gamma", "dense": LRPRule("epsilon", epsilon=1e-6)}},
+}
 #: Not an explain() method: one step of polyviz.class_model (Fourier image, transforms, Adam).
 OPTIMISATION_STEP = "optimisation_step"
 QUICK_METHODS = ("saliency", "gradcam", "occlusion")
@@ -174,6 +180,8 @@ def _floors(backend: Backend, x: np.ndarray, target: np.ndarray, layer: str, bat
         "forward+input backward from the layer": lambda: backend.input_gradient(x, ChannelMean(layer, 0), GUIDED),
         f"forward to the layer + {n_channels} head forwards (batched)": layer_then_head(n_channels),
         "forward+input backward": lambda: backend.input_gradient(x, objective),
+        "forward+input backward of x and its reference": lambda: backend.input_gradient(
+            np.concatenate([x, np.zeros_like(x)]), ClassScore(np.concatenate([target, target]).tolist())),
         "forward+layer backward": lambda: backend.layer_gradients(x, [layer], objective),
         "50 x forward+input backward (batched)": n_input_backward(50),
         "25 x forward+input backward (batched)": n_input_backward(25),
@@ -184,10 +192,12 @@ def _floors(backend: Backend, x: np.ndarray, target: np.ndarray, layer: str, bat
 
 
 def _floor_for(method: str, floors: dict[str, Callable[[], Any]]) -> str:
-    if method in ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", OPTIMISATION_STEP):
+    if method in ("saliency", "input_x_gradient", "guided_backprop", "deconvnet", "lrp", OPTIMISATION_STEP):
         return "forward+input backward"
     if method == "guided_gradcam":
         return "forward+guided input backward, forward+layer backward"
+    if method == "deeplift":
+        return "forward+input backward of x and its reference"
     if method == "layer_guided_backprop":
         return "forward+input backward from the layer"
     if method == "integrated_gradients":
@@ -233,7 +243,7 @@ def run_bench(
 
         iterator = tqdm(methods, desc=f"bench {backend.name}", unit="method")
     for method in iterator:
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = dict(METHOD_OPTIONS.get(method, {}))
         if method == "occlusion":
             options = {"window": window, "stride": stride}
 

@@ -40,6 +40,20 @@ def test_bench_demo_model(tmp_path, capsys):
     assert {(r["backend"], r["method"]) for r in data["rows"]} == {(b, m) for b in INSTALLED for m in ("saliency", "gradcam")}
 
 
+def test_bench_lrp_and_deeplift_floors_and_peers(tmp_path):
+    out_json = tmp_path / "bench.json"
+    code = main(["bench", "--model", "demo", "--quick", "--no-progress", "--methods", "lrp,deeplift", "--peers",
+                 "--backend", ",".join(INSTALLED), "--json", str(out_json)])
+    assert code == 0
+    rows = {(r["backend"], r["method"]): r for r in json.loads(out_json.read_text())["rows"]}
+    for backend in INSTALLED:
+        assert rows[(backend, "lrp")]["floor"] == "forward+input backward"
+        assert rows[(backend, "deeplift")]["floor"] == "forward+input backward of x and its reference"
+    if "torch" in INSTALLED:
+        assert set(rows[("torch", "lrp")]["peers"]) == {"zennit"}
+        assert set(rows[("torch", "deeplift")]["peers"]) == {"captum"}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "resnet"], "--model: expected 'vgg16' or 'demo'"),
     (["--model", "demo", "--size", "128"], "--size: the demo model takes 64-pixel images"),

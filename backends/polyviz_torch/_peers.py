@@ -43,6 +43,39 @@ def _captum(model: Any, x: torch.Tensor, target: int, layer: Any, batch: int) ->
     }
 
 
+def _deeplift_and_lrp(model: Any, x: torch.Tensor, target: int) -> dict[str, dict[str, Callable[[], Any]]]:
+    """Captum's DeepLift (on a copy without in-place ReLUs, which it refuses) and zennit's
+    EpsilonGammaBox (the rules polyviz's bench runs LRP with)."""
+    out: dict[str, dict[str, Callable[[], Any]]] = {}
+    try:
+        from captum import attr
+    except ImportError:
+        attr = None
+    if attr is not None:
+        import copy
+
+        plain = copy.deepcopy(model)
+        for module in plain.modules():
+            if isinstance(module, torch.nn.ReLU):
+                module.inplace = False
+        out["deeplift"] = {"captum": lambda: attr.DeepLift(plain).attribute(x, baselines=0.0, target=target)}
+    try:
+        from zennit.attribution import Gradient
+        from zennit.composites import EpsilonGammaBox
+    except ImportError:
+        return out
+
+    with torch.no_grad():
+        seed = torch.nn.functional.one_hot(torch.tensor([target]), int(model(x).shape[1])).to(x.dtype)
+
+    def zennit() -> Any:
+        with Gradient(model=model, composite=EpsilonGammaBox(low=0.0, high=1.0)) as attributor:
+            return attributor(x, seed)
+
+    out["lrp"] = {"zennit": zennit}
+    return out
+
+
 def _grad_cam(model: Any, x: torch.Tensor, target: int, layer: Any, batch: int) -> dict[str, dict[str, Callable[[], Any]]]:
     try:
         import pytorch_grad_cam as pgc
@@ -73,7 +106,8 @@ def peer_benchmarks(model: Any, x: np.ndarray, target: np.ndarray, layer: str, b
     module = dict(model.named_modules())[layer]
     t = int(target[0])
     merged: dict[str, dict[str, Callable[[], Any]]] = {}
-    for source in (_captum(model, tensor, t, module, batch), _grad_cam(model, tensor, t, module, batch)):
+    for source in (_captum(model, tensor, t, module, batch), _grad_cam(model, tensor, t, module, batch),
+                   _deeplift_and_lrp(model, tensor, t)):
         for method, peers in source.items():
             merged.setdefault(method, {}).update(peers)
     return merged
