@@ -296,8 +296,31 @@ def test_a_batchnorm_layer_without_a_rule_is_refused():
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 3)).eval()
+    cls = backend_class("torch")
+    before = cls.state_fingerprint(model)
     with pytest.raises(CapabilityError, match="BatchNorm2d"):
         polyviz.explain(model, images(1), "lrp", target=0, layout="NHWC", progress=False)
+    after = cls.state_fingerprint(model)  # hooks registered before the refusal are gone again
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(np.asarray(before[key]), np.asarray(after[key]), err_msg=key)
+
+
+def test_keras_batchnorm_without_a_rule_is_refused_and_the_model_kept():
+    pytest.importorskip("tensorflow")
+    import keras
+
+    inp = keras.Input((12, 12, 3))
+    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, activation="relu")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    cls = backend_class("keras")
+    before = cls.state_fingerprint(model)
+    with pytest.raises(CapabilityError, match="BatchNormalization"):
+        polyviz.explain(model, images(1), "lrp", target=0, progress=False)
+    after = cls.state_fingerprint(model)
+    assert before.keys() == after.keys()
+    for key in before:
+        np.testing.assert_array_equal(np.asarray(before[key]), np.asarray(after[key]), err_msg=key)
 
 
 def test_keras_reuses_its_compiled_relevance_function():
