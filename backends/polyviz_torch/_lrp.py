@@ -39,9 +39,8 @@ WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
 #: Element-wise activation modules that pass relevance through (ReLU is handled by PassReluMode).
 PASS_THROUGH = (nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.ReLU6, nn.Hardtanh)
-#: Parameter-free modules the ordinary gradient already treats as LRP does.
-NEUTRAL = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Flatten,
-           nn.Identity, nn.Unflatten)
+# Every other parameter-free module (max pooling, dropout, flatten, reshapes) is differentiated as
+# usual, which is what LRP does there; ReLUs are handled by PassReluMode.
 STABILISER = 1e-6
 
 
