@@ -133,9 +133,15 @@ class Explanation:
             return save_png(picture, path)
         from PIL import Image
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(picture[..., :3] if picture.shape[-1] == 4 else picture).save(path)
-        return path
+        from polyviz.render._atomic import atomic_write
+
+        fmt = Image.registered_extensions().get(path.suffix.lower())
+        if fmt is None:
+            from polyviz.errors import InputError
+
+            raise InputError(f"path: no image format for the suffix {path.suffix!r} of {str(path)!r}; use .png or .jpg")
+        img = Image.fromarray(picture[..., :3] if picture.shape[-1] == 4 else picture)
+        return atomic_write(path, lambda fh: img.save(fh, format=fmt))  # atomic, never through a planted symlink
 
     def _repr_png_(self) -> bytes:
         """Notebooks show an explanation as :meth:`render` of its first sample."""

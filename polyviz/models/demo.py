@@ -50,12 +50,10 @@ def demo_spec() -> NetworkSpec:
 def save_weights(weights: dict[str, dict[str, np.ndarray]], path: str | Path) -> Path:
     """Write canonical ``{layer: {"kernel", "bias"}}`` weights as an uncompressed ``.npz`` of
     float32 arrays keyed ``"<layer>/<kernel|bias>"``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from polyviz.render._atomic import atomic_write
+
     flat = {f"{layer}/{key}": np.asarray(value, np.float32) for layer, entry in weights.items() for key, value in entry.items()}
-    with open(path, "wb") as f:
-        np.savez(f, **flat)
-    return path
+    return atomic_write(path, lambda f: np.savez(f, **flat))
 
 
 def load_weights(path: str | Path | None = None, spec: NetworkSpec | None = None) -> dict[str, dict[str, np.ndarray]]:

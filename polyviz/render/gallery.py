@@ -21,6 +21,7 @@ from urllib.parse import quote
 import numpy as np
 
 from polyviz.errors import InputError
+from polyviz.render._atomic import write_text
 from polyviz.render._check import as_picture
 from polyviz.render.io import save_png
 from polyviz.render.text import _check_text
@@ -240,5 +241,5 @@ def write_gallery(
         "</html>",
     ]
     index = out / "index.html"
-    index.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_text(index, "\n".join(lines) + "\n")  # atomic; a planted symlink is replaced, not followed
     return index
