@@ -4,11 +4,15 @@ Models: ``demo`` (the shapes demo network), ``vgg16``/``vgg19`` (ImageNet weight
 cache or ``weights``; ``seed`` for numpy-drawn weights), a saved model file (``.keras``/``.h5`` for
 Keras; ``.pt``/``.pth``/``.pkl`` (``torch.save(model)``) or TorchScript for torch), or a torchvision
 model name. The file suffix picks the backend, so no framework is imported here; the backend's
-``load_model`` reads the file. Images: PIL, RGB, resized to the model's input size, in [0, 1].
+``load_model`` reads the file. Images: PIL, RGB, resized to the model's input size, in [0, 1]
+(16-bit images rescaled, transparency composited onto white, at most 64 megapixels: see
+:func:`read_image`), streamed in batches by :func:`iter_image_batches`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,8 @@ from polyviz.preprocess import Preprocess
 from polyviz.registry import available_backends, backend_class
 
 __all__ = ["LoadedModel", "load_model", "load_images", "image_files", "MODEL_SUFFIXES", "IMAGE_SUFFIXES",
-           "BUILTIN_MODELS", "class_names_for"]
+           "BUILTIN_MODELS", "class_names_for", "read_image", "iter_image_batches", "ImageBatch", "ImageReadError",
+           "check_image_headers", "max_image_pixels", "MAX_IMAGE_PIXELS"]
 
 #: File suffix -> the backend that reads it.
 MODEL_SUFFIXES = {".keras": "keras", ".h5": "keras", ".hdf5": "keras",
@@ -182,18 +187,226 @@ def image_files(paths: list[str | Path]) -> list[Path]:
     return files
 
 
-def load_images(paths: list[str | Path], size: tuple[int, int] | int) -> tuple[list[Path], np.ndarray]:
-    """(files, (N, H, W, 3) float32 in [0, 1]): every image RGB, resized to ``size`` (bilinear)."""
+# ---- reading images -----------------------------------------------------------------------------
+#: Default largest image, in pixels (width x height as the file's header declares it): 64 megapixels.
+#: An image over the limit is refused from its header, before it is decoded. Change it with the
+#: ``max_pixels`` argument or the ``POLYVIZ_MAX_IMAGE_PIXELS`` environment variable.
+MAX_IMAGE_PIXELS = 64_000_000
+MAX_PIXELS_ENV = "POLYVIZ_MAX_IMAGE_PIXELS"
+#: Named backgrounds that transparent pixels are composited onto (default ``white``).
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0), "gray": (128, 128, 128), "grey": (128, 128, 128)}
+_ALPHA_MODES = ("RGBA", "LA", "La", "RGBa", "PA")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class ImageReadError(InputError):
+    """An image file that cannot be used (unreadable, truncated, over the pixel limit); ``path``
+    names it, so that a batch can report it and go on with the others."""
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def max_image_pixels(max_pixels: int | None = None) -> int:
+    """The pixel limit in force: ``max_pixels`` when given, else ``$POLYVIZ_MAX_IMAGE_PIXELS``, else
+    :data:`MAX_IMAGE_PIXELS`. PIL's own limit (``PIL.Image.MAX_IMAGE_PIXELS`` x 2, about 179
+    megapixels) still applies above it: raise that one too for larger images."""
+    if max_pixels is None:
+        text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not text:
+            return MAX_IMAGE_PIXELS
+        try:
+            max_pixels = int(float(text))
+        except ValueError:
+            raise InputError(f"{MAX_PIXELS_ENV}: expected a number of pixels such as 64000000, got {text!r}") from None
+        what = MAX_PIXELS_ENV
+    else:
+        what = "max_pixels"
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise InputError(f"{what}: expected a positive number of pixels, got {max_pixels!r}")
+    return int(max_pixels)
+
+
+def _background(background: str | tuple[int, int, int]) -> tuple[int, int, int]:
+    if isinstance(background, str):
+        key = background.strip().lower()
+        if key in BACKGROUNDS:
+            return BACKGROUNDS[key]
+        if len(key) == 7 and key.startswith("#"):
+            try:
+                return (int(key[1:3], 16), int(key[3:5], 16), int(key[5:7], 16))
+            except ValueError:
+                pass
+    elif isinstance(background, (tuple, list)) and len(background) == 3 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v <= 255 for v in background):
+        return (int(background[0]), int(background[1]), int(background[2]))
+    raise InputError(f"background: expected white, black, gray, '#rrggbb' or an (r, g, b) tuple of 0..255, "
+                     f"got {background!r}")
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:g} megapixels"
+
+
+def _open(path: Path, limit: int) -> Any:
+    """PIL's lazy image of ``path`` (header read, nothing decoded), checked against ``limit``."""
     from PIL import Image, UnidentifiedImageError
 
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as exc:  # over PIL's own hard limit: the header said so
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1))} pixels" if found else "more pixels than PIL allows"
+        raise ImageReadError(f"images: {str(path)!r} declares {size}, over the limit of {_megapixels(limit)} "
+                             f"({MAX_PIXELS_ENV} or max_pixels=)", path) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageReadError(f"images: cannot read {str(path)!r} as an image ({type(exc).__name__})", path) from None
+    w, h = im.size
+    if w * h > limit:
+        im.close()
+        raise ImageReadError(f"images: {str(path)!r} declares {w}x{h} = {w * h} pixels, over the limit of "
+                             f"{_megapixels(limit)} ({MAX_PIXELS_ENV} or max_pixels= raises it)", path)
+    return im
+
+
+def check_image_headers(files: list[Path], *, max_pixels: int | None = None) -> list[ImageReadError]:
+    """Open every file's header (nothing is decoded): the files that are not images or declare
+    more pixels than the limit, as errors in file order. Cheap enough to run before a model loads."""
+    limit = max_image_pixels(max_pixels)
+    errors = []
+    for f in files:
+        try:
+            _open(f, limit).close()
+        except ImageReadError as exc:
+            errors.append(exc)
+    return errors
+
+
+def read_image(
+    path: str | Path,
+    size: tuple[int, int] | int,
+    *,
+    max_pixels: int | None = None,
+    background: str | tuple[int, int, int] = "white",
+) -> np.ndarray:
+    """One image file as (H, W, 3) float32 in [0, 1], resized to ``size`` (bilinear).
+
+    - 8-bit images: RGB / 255 (grey levels repeated on the three channels), as PIL gives them.
+    - 16-bit images (PIL modes ``I;16``, ``I;16B``, ``I`` of a 16-bit PNG or TIFF): / 65535, resized
+      in float32, so no precision is lost (a 16-bit PNG scales like its 8-bit version, 257 = 65535 /
+      255). Mode ``I`` values outside 0..65535 are clipped. 32-bit float images (mode ``F``) must
+      hold values in [0, 1] and are refused otherwise.
+    - Transparency (RGBA, LA, PA, a palette or grey image with a transparent colour) is composited
+      onto ``background`` (default white; ``black``, ``gray``, ``'#rrggbb'`` or an (r, g, b) tuple).
+    - An image whose header declares more than the pixel limit (:func:`max_image_pixels`, 64
+      megapixels by default) is refused before it is decoded.
+
+    Raises :class:`ImageReadError` (an :class:`InputError`) naming the file when it cannot be used.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    h, w = (size, size) if isinstance(size, int) else size
+    bg = _background(background)
+    im = _open(path, max_image_pixels(max_pixels))
+    try:
+        with im:
+            im.load()
+            mode = im.mode
+            has_key = "transparency" in im.info and mode in ("P", "L", "RGB", "1")
+            if mode in _ALPHA_MODES or has_key:
+                rgba = im.convert("RGBA")
+                flat = Image.new("RGBA", rgba.size, (*bg, 255))
+                flat.alpha_composite(rgba)
+                rgb = flat.convert("RGB").resize((w, h), Image.BILINEAR)
+                return np.asarray(rgb, np.float32) / 255.0
+            if mode in _SIXTEEN_BIT or mode == "F":
+                grey = np.asarray(im, np.float32)
+                if mode == "F":
+                    lo, hi = float(np.nanmin(grey)), float(np.nanmax(grey))
+                    if not (np.isfinite(grey).all() and lo >= 0.0 and hi <= 1.0):
+                        raise ImageReadError(f"images: {str(path)!r} is a float image with values in [{lo:g}, {hi:g}]; "
+                                             "expected [0, 1]", path)
+                else:
+                    grey = np.clip(grey, 0.0, 65535.0) / 65535.0
+                small = np.asarray(Image.fromarray(grey, "F").resize((w, h), Image.BILINEAR), np.float32)
+                return np.repeat(np.clip(small, 0.0, 1.0)[..., None], 3, axis=-1)
+            rgb = im.convert("RGB").resize((w, h), Image.BILINEAR)
+            return np.asarray(rgb, np.float32) / 255.0
+    except ImageReadError:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+        detail = str(exc).split("\n")[0][:80]
+        raise ImageReadError(f"images: cannot read {str(path)!r} as an image ({type(exc).__name__}"
+                             f"{': ' + detail if detail else ''})", path) from None
+
+
+@dataclass
+class ImageBatch:
+    """A batch of :func:`iter_image_batches`: the ``files`` read, their ``indices`` in the list
+    given, their ``images`` (n, H, W, 3) float32 in [0, 1], and the ``errors`` of the files
+    skipped since the previous batch."""
+
+    files: list[Path]
+    indices: list[int]
+    images: np.ndarray
+    errors: list[ImageReadError] = field(default_factory=list)
+
+
+def iter_image_batches(
+    files: list[str | Path],
+    size: tuple[int, int] | int,
+    batch: int = 8,
+    *,
+    skip_errors: bool = True,
+    max_pixels: int | None = None,
+    background: str | tuple[int, int, int] = "white",
+) -> Iterator[ImageBatch]:
+    """Read ``files`` lazily, ``batch`` images at a time (:func:`read_image` for each), so memory
+    holds one batch whatever the number of files. With ``skip_errors`` an unusable file is left
+    out and reported in the next batch's ``errors`` (a last batch may hold errors only); without,
+    its :class:`ImageReadError` is raised at once."""
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise InputError(f"batch: expected a positive number of images, got {batch!r}")
+    h, w = (size, size) if isinstance(size, int) else size
+    limit = max_image_pixels(max_pixels)
+    _background(background)
+    done: list[Path] = []
+    indices: list[int] = []
+    buf = np.empty((int(batch), h, w, 3), np.float32)
+    errors: list[ImageReadError] = []
+    for i, f in enumerate(map(Path, files)):
+        try:
+            buf[len(done)] = read_image(f, (h, w), max_pixels=limit, background=background)
+        except ImageReadError as exc:
+            if not skip_errors:
+                raise
+            errors.append(exc)
+            continue
+        done.append(f)
+        indices.append(i)
+        if len(done) == batch:
+            yield ImageBatch(done, indices, buf.copy(), errors)
+            done, indices, errors = [], [], []
+    if done or errors:
+        yield ImageBatch(done, indices, buf[:len(done)].copy(), errors)
+
+
+def load_images(
+    paths: list[str | Path],
+    size: tuple[int, int] | int,
+    *,
+    max_pixels: int | None = None,
+    background: str | tuple[int, int, int] = "white",
+) -> tuple[list[Path], np.ndarray]:
+    """(files, (N, H, W, 3) float32 in [0, 1]): every image as :func:`read_image` reads it. All of
+    them are held in memory at once: for many images, :func:`iter_image_batches` streams them."""
     h, w = (size, size) if isinstance(size, int) else size
     files = image_files(paths)
     out = np.empty((len(files), h, w, 3), np.float32)
     for i, f in enumerate(files):
-        try:
-            with Image.open(f) as im:
-                rgb = im.convert("RGB").resize((w, h), Image.BILINEAR)
-                out[i] = np.asarray(rgb, np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise InputError(f"images: cannot read {str(f)!r} as an image ({type(exc).__name__})") from None
+        out[i] = read_image(f, (h, w), max_pixels=max_pixels, background=background)
     return files, out
