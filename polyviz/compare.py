@@ -82,7 +82,9 @@ def parse_methods(text: str | Sequence[str] | None) -> list[str]:
 
 @dataclass
 class Run:
-    """One method in one framework: its explanation (None if skipped), why it was skipped, seconds."""
+    """One method in one framework: its explanation (None if skipped), why it was skipped, seconds.
+    ``failed``: it raised an unexpected exception (not a :class:`PolyvizError` saying that the
+    method does not apply); ``skipped`` then holds the exception's type and first line."""
 
     method: str
     backend: str
@@ -90,11 +92,18 @@ class Run:
     skipped: str = ""
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    failed: bool = False
 
 
 def _reason(exc: Exception) -> str:
     text = str(exc).split(". ")[0].rstrip(".")
     return text[:160]
+
+
+def _failure(exc: BaseException) -> str:
+    """An unexpected exception in one line: its type and the first line of its message."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:160] if first else type(exc).__name__
 
 
 def run_methods(
@@ -113,7 +122,8 @@ def run_methods(
     """Run every method on ``x`` (N, H, W, C in [0, 1]) in every ``models[backend]``; a method that
     does not apply to a model (a missing capability, no GAP head for CAM...) is skipped with its
     reason. Targets default to the first framework's prediction, so every framework explains the
-    same class. Returns {(method, backend): Run}."""
+    same class. A method that raises anything else is recorded as failed (``Run.failed``, its
+    one-line reason in ``skipped``) and the others still run. Returns {(method, backend): Run}."""
     layers = layers or {}
     preprocess = preprocess or {}
     options = options or {}
@@ -138,6 +148,8 @@ def run_methods(
                 )
             except PolyvizError as exc:
                 run.skipped = _reason(exc)
+            except Exception as exc:  # noqa: BLE001 - one failing method must not lose the others
+                run.skipped, run.failed = _failure(exc), True
             run.seconds = time.perf_counter() - start
             if target is None and run.explanation is not None:
                 target = run.explanation.target  # the others explain the same class
@@ -179,13 +191,16 @@ def summary_rows(
     """Per method: agreement between the first two frameworks, pointing hits per framework, seconds."""
     rows = []
     for m in method_names:
-        row: dict[str, Any] = {"method": m, "agreement": None, "skipped": {}, "pointing": {}, "seconds": {}}
+        row: dict[str, Any] = {"method": m, "agreement": None, "skipped": {}, "failed": set(), "pointing": {},
+                               "seconds": {}}
         done = {b: runs[(m, b)] for b in backends if runs[(m, b)].explanation is not None}
         for b in backends:
             run = runs[(m, b)]
             row["seconds"][b] = run.seconds
             if run.explanation is None:
                 row["skipped"][b] = run.skipped
+                if run.failed:
+                    row["failed"].add(b)
             elif masks is not None:
                 row["pointing"][b] = pointing_hits(run.explanation, masks)
         if len(backends) >= 2 and backends[0] in done and backends[1] in done:
@@ -207,7 +222,8 @@ def _cells(row: dict[str, Any], backends: Sequence[str], n: int | None) -> list[
             hits = row["pointing"].get(b)
             cells.append("-" if hits is None else f"{int(hits.sum())}/{n} ({hits.mean():.0%})")
     for b in backends:
-        cells.append("skipped" if b in row["skipped"] else f"{row['seconds'][b]:.2f}")
+        cells.append(("failed" if b in row.get("failed", ()) else "skipped") if b in row["skipped"]
+                     else f"{row['seconds'][b]:.2f}")
     return cells
 
 
@@ -231,7 +247,7 @@ def text_table(rows: list[dict[str, Any]], backends: Sequence[str], n: int | Non
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body]
     for r in rows:
         for b, why in r["skipped"].items():
-            out.append(f"skipped: {r['method']} ({b}): {why}")
+            out.append(f"{'failed' if b in r.get('failed', ()) else 'skipped'}: {r['method']} ({b}): {why}")
     return "\n".join(out)
 
 
@@ -248,7 +264,7 @@ def gallery_rows(
     images: np.ndarray, masks: np.ndarray | None = None, style: dict[str, Any] | None = None,
 ) -> list[tuple[str, list[Any]]]:
     """Rows for :func:`polyviz.render.write_gallery`: the images (and masks), then one row per method
-    with a {backend: picture or 'skipped: reason'} cell per image."""
+    with a {backend: picture, 'skipped: reason' or 'failed: reason'} cell per image."""
     from polyviz.render import original
 
     style = style or {}
@@ -262,7 +278,14 @@ def gallery_rows(
             cell = {}
             for b in backends:
                 run = runs[(m, b)]
-                cell[b] = run.explanation.render(i, **style) if run.explanation is not None else f"skipped: {run.skipped}"
+                cell[b] = f"{'failed' if run.failed else 'skipped'}: {run.skipped}"
+                if run.explanation is not None:
+                    try:
+                        cell[b] = run.explanation.render(i, **style)
+                    except PolyvizError as exc:
+                        cell[b] = f"skipped: {_reason(exc)}"
+                    except Exception as exc:  # noqa: BLE001 - the page is written whatever one picture does
+                        cell[b] = f"failed: {_failure(exc)}"
             if len(backends) == 1 or (all(isinstance(v, str) for v in cell.values()) and len(set(cell.values())) == 1):
                 cell = next(iter(cell.values()))  # one framework, or the same reason in all: one cell
             cells.append(cell)
