@@ -66,7 +66,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from polyviz import bench, models
+    from polyviz.render._atomic import write_text
 
+    if args.json:
+        _output_file(args.json)
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     # torch before keras: torchvision's triton must load before TensorFlow in one process
     backends.sort(key=lambda b: {"torch": 0, "keras": 1}.get(b, 2))
@@ -101,8 +104,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         meta = {"machine": platform.machine(), "processor": platform.processor(), "model": args.model, "size": size,
                 "batch": args.batch,
                 "repeat": repeat, "polyviz": polyviz.__version__}
-        with open(args.json, "w") as fh:
-            fh.write(bench.to_json(rows, meta))
+        write_text(args.json, bench.to_json(rows, meta))
     return 0
 
 
@@ -202,6 +204,73 @@ def _render_style(args: argparse.Namespace) -> dict[str, Any]:
     return {"style": getattr(args, "style", "overlay") or "overlay"}
 
 
+def _output_folder(text: str, flag: str = "--out") -> Path:
+    """The output folder ``text``, created (with its parents) and proved writable by creating and
+    removing a temporary file in it, before any model work: an existing file, a folder that cannot
+    be created or written is a one-line error. A folder that is a symbolic link is followed (it is
+    the folder the user named); files inside it are written atomically and never through links
+    (:mod:`polyviz.render._atomic`)."""
+    import os
+    import tempfile
+
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag}: {text!r} exists and is not a folder; give a folder name")
+    if out.is_symlink() and not out.exists():
+        raise InputError(f"{flag}: {text!r} is a symbolic link to a missing folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{flag}: cannot create the folder {text!r} ({exc.strerror or type(exc).__name__})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".polyviz-write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InputError(f"{flag}: cannot write in the folder {text!r} ({exc.strerror or type(exc).__name__})") from None
+    return out
+
+
+def _output_file(text: str, flag: str = "--json") -> Path:
+    """The output file ``text``: not a folder, its folder created and writable (see
+    :func:`_output_folder`); checked before any work, written atomically at the end."""
+    path = Path(text)
+    if path.is_dir():
+        raise InputError(f"{flag}: {text!r} is a folder; give a file name such as 'out.json'")
+    _output_folder(str(path.parent), flag)
+    return path
+
+
+def _skipped(error: Exception, write: Any = None) -> None:
+    """One line on stderr for an input left out of a batch."""
+    line = f"polyviz: skipped: {error}"
+    if write is not None:
+        write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def _readable(files: list[Path], strict: bool) -> tuple[list[Path], list[Exception]]:
+    """``files`` whose headers PIL reads and whose size is within the pixel limit, checked before a
+    model loads. With ``strict`` the first bad file is the command's error (exit code 2); else each
+    is reported on one line and left out; when no file is left, that is the error."""
+    from polyviz.loading import check_image_headers
+
+    good, errors = [], []
+    for f in files:
+        found = check_image_headers([f])
+        if found and (strict or len(files) == 1):
+            raise found[0]
+        errors += found
+        if found:
+            _skipped(found[0])
+        else:
+            good.append(f)
+    if not good:
+        raise InputError(f"images: none of the {len(files)} images can be read (listed above)")
+    return good, list(errors)
+
+
 # ---- polyviz demo -----------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     from polyviz import compare
@@ -214,6 +283,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     methods = compare.parse_methods(_methods_text(args))
     if args.images < 1:
         raise InputError(f"--images: expected a positive number of images, got {args.images}")
+    out = _output_folder(args.out)
     data = shapes(args.images, seed=args.seed)
     _say(args, f"polyviz demo: {len(methods)} methods x {args.images} shapes images (seed {args.seed}) in "
                f"{', '.join(backends)}")
@@ -222,7 +292,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     runs = compare.run_methods(models, data.images, methods, options=compare.FAST_OPTIONS,
                                batch_size=args.batch_size, progress=not args.no_progress)
     rows = compare.summary_rows(runs, methods, backends, data.masks)
-    out = Path(args.out)
     names = list(loaded[backends[0]].class_names or [])
     columns = [f"{i + 1}: {names[label] if label < len(names) else label}" for i, label in enumerate(data.labels)]
     predicted = {}
@@ -307,77 +376,139 @@ def _resolve_layer(lm: Any, be: Any, layer: str | None) -> str | None:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Explain image files and folders, streamed ``--batch`` images at a time (memory holds one
+    batch, whatever the number of images). An unreadable image is reported on one line and left
+    out, the others are written, and the exit code is 1; with ``--strict`` it stops there (exit 2)."""
     from polyviz.api import explain, predict
     from polyviz.compare import parse_methods
-    from polyviz.loading import image_files, load_images
+    from polyviz.loading import _background, image_files, iter_image_batches, max_image_pixels
     from polyviz.registry import backend_for
 
     methods = parse_methods(args.method)
     target = _target(args.target)
     if args.backend is not None:
         _backends(args.backend)
-    image_files(args.images)  # missing files fail before a model is loaded
+    if args.batch < 1:
+        raise InputError(f"--batch: expected a positive number of images, got {args.batch}")
+    _background(args.background)
+    max_image_pixels()
+    files = image_files(args.images)  # missing files fail before a model is loaded
+    out = _output_folder(args.out)
+    good, header_errors = _readable(files, args.strict)
     lm = _load_user_model(args)
-    files, x = load_images(args.images, lm.size)
     be = backend_for(lm.model, preprocess=lm.preprocess)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stems = _unique_stems(files)
-    print(f"model {lm.name} ({lm.backend}), {len(files)} images at {lm.size[0]}x{lm.size[1]}, methods: {', '.join(methods)}", flush=True)
-    bs = max(1, int(args.batch))
-    batches = range(0, len(x), bs)
-    say = print
+    layer = _resolve_layer(lm, be, args.layer)
+    stems = dict(zip(map(id, files), _unique_stems(files)))
+    print(f"model {lm.name} ({lm.backend}), {len(good)} images at {lm.size[0]}x{lm.size[1]}, methods: {', '.join(methods)}", flush=True)
+    bar, say, write = None, print, None
     if not args.no_progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="images", unit="batch")
-        say = tqdm.write  # lines above the bar, not through it
-    written = []
-    for start in batches:
-        xb = x[start:start + bs]
-        logits = predict(be, xb)
-        _check_target(target, logits.shape[-1])
-        names = lm.class_names
-        for i, row in enumerate(_softmax(logits.astype(np.float64))):
-            say(f"{files[start + i]}:\n" + "\n".join(_top5_lines(row, names)))
-        layer = _resolve_layer(lm, be, args.layer)
-        for m in methods:
-            e = explain(lm.model, xb, m, target=target, layer=layer, preprocess=lm.preprocess, layout="NHWC",
-                        progress=False)
-            for i in range(len(xb)):
-                written.append(e.save(out / f"{stems[start + i]}_{m}.png", index=i, **_render_style(args)))
-    print(f"wrote {len(written)} PNG files to {out}")
+        bar = tqdm(total=len(good), desc="images", unit="image")
+        say = write = tqdm.write  # lines above the bar, not through it
+    written, skipped = 0, len(header_errors)
+    try:
+        for batch in iter_image_batches(good, lm.size, args.batch, skip_errors=not args.strict,
+                                        background=args.background):
+            for error in batch.errors:
+                _skipped(error, write)
+            skipped += len(batch.errors)
+            if batch.files:
+                xb = batch.images
+                logits = predict(be, xb)
+                _check_target(target, logits.shape[-1])
+                for f, row in zip(batch.files, _softmax(logits.astype(np.float64))):
+                    say(f"{f}:\n" + "\n".join(_top5_lines(row, lm.class_names)))
+                for m in methods:
+                    e = explain(lm.model, xb, m, target=target, layer=layer, preprocess=lm.preprocess, layout="NHWC",
+                                progress=False)
+                    for i, k in enumerate(batch.indices):
+                        e.save(out / f"{stems[id(good[k])]}_{m}.png", index=i, **_render_style(args))
+                        written += 1
+            if bar is not None:
+                bar.update(len(batch.files) + len(batch.errors))
+    finally:
+        if bar is not None:
+            bar.close()
+    print(f"wrote {written} PNG files to {out}")
+    if skipped:
+        print(f"polyviz: {skipped} of {len(files)} images skipped (unreadable, listed above); the other "
+              f"{len(files) - skipped} were explained", file=sys.stderr)
+        return 1
     return 0
 
 
 # ---- polyviz gallery ----------------------------------------------------------------------------
+def _check_layers(layers: dict[str, str | None], models: dict[str, Any], pre: dict[str, Any], names: dict) -> None:
+    """--layer exists in every framework's model (by its native or canonical name)."""
+    from polyviz.errors import LayerError, did_you_mean
+    from polyviz.registry import backend_for
+
+    for b, layer in layers.items():
+        if layer is None:
+            continue
+        native = backend_for(models[b], preprocess=pre.get(b)).layer_names()
+        if layer not in native:
+            raise LayerError(f"--layer: no layer {layer!r} in the {b} model.{did_you_mean(layer, [*names.get(b, {}), *native])}")
+
+
 def cmd_gallery(args: argparse.Namespace) -> int:
+    """The demo's page for the user's model and images. Arguments (methods, target, layer, images,
+    --out) are checked before any method runs; a method that fails is shown as failed on the page,
+    which is always written (exit code 1 when a method failed or an image was skipped)."""
     from polyviz import compare
-    from polyviz.loading import image_files, load_images
+    from polyviz.api import predict
+    from polyviz.loading import _background, image_files, iter_image_batches, max_image_pixels
+    from polyviz.registry import backend_for
     from polyviz.render import write_gallery
 
     methods = compare.parse_methods(_methods_text(args))
     target = _target(args.target)
     backends = _backends(args.backend) if args.backend else None
-    image_files(args.images)  # missing files fail before a model is loaded
+    _background(args.background)
+    max_image_pixels()
+    files = image_files(args.images)  # missing files fail before a model is loaded
+    out = _output_folder(args.out)
+    good, header_errors = _readable(files, args.strict)
     lm = _load_user_model(args, backends[0] if backends and args.model.lower() in ("demo", "vgg16", "vgg19") else None)
     backends = backends or [lm.backend]
     if lm.backend not in backends:
         backends = sorted({lm.backend, *backends}, key=lambda b: FRAMEWORK_ORDER.get(b, 2))
-    files, x = load_images(args.images, lm.size)
+    # the page shows every image, so they are all held; read in batches, unreadable ones left out
+    kept, parts, skipped = [], [], len(header_errors)
+    for batch in iter_image_batches(good, lm.size, 16, skip_errors=not args.strict, background=args.background):
+        for error in batch.errors:
+            _skipped(error)
+        skipped += len(batch.errors)
+        kept += batch.files
+        parts.append(batch.images)
+    if not kept:
+        raise InputError(f"images: none of the {len(files)} images can be read (listed above)")
+    x = np.concatenate(parts)
+    be = backend_for(lm.model, preprocess=lm.preprocess)
+    _check_target(target, predict(be, x[:1]).shape[-1])  # one forward pass, before any method
+    _resolve_layer(lm, be, args.layer)
     models, pre, names = _models_in(lm, backends, args)
-    runs = compare.run_methods(models, x, methods, target=target, layers=_layers_for(args.layer, names),
+    layers = _layers_for(args.layer, names)
+    _check_layers(layers, models, pre, names)
+    runs = compare.run_methods(models, x, methods, target=target, layers=layers,
                                preprocess=pre, batch_size=args.batch_size, progress=not args.no_progress)
     rows = compare.summary_rows(runs, methods, backends)
-    columns = [f.name for f in files]
-    page = write_gallery(Path(args.out), title=f"polyviz gallery: {lm.name}", columns=columns,
-                         rows=compare.gallery_rows(runs, methods, backends, len(files), x, style=_render_style(args)),
+    columns = [f.name for f in kept]
+    page = write_gallery(out, title=f"polyviz gallery: {lm.name}", columns=columns,
+                         rows=compare.gallery_rows(runs, methods, backends, len(kept), x, style=_render_style(args)),
                          subcolumns=backends if len(backends) > 1 else None,
                          table_html=compare.html_table(rows, backends),
                          notes=f"Model {lm.name}; images resized to {lm.size[0]}x{lm.size[1]}.")
     print(compare.text_table(rows, backends))
     print(f"gallery: {page}")
-    return 0
+    failed = [f"{r.method} ({r.backend})" for r in runs.values() if r.failed]
+    if failed:
+        print(f"polyviz: {len(failed)} method runs failed (shown as failed on the page): {', '.join(failed)}",
+              file=sys.stderr)
+    if skipped:
+        print(f"polyviz: {skipped} of {len(files)} images skipped (unreadable, listed above)", file=sys.stderr)
+    return 1 if failed or skipped else 0
 
 
 # ---- polyviz crosscheck -------------------------------------------------------------------------
@@ -443,8 +574,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from polyviz.datasets import shapes
     from polyviz.loading import load_model
     from polyviz.metrics import report
+    from polyviz.render._atomic import write_text
 
     t0 = getattr(args, "started", time.perf_counter())
+    if args.json:
+        _output_file(args.json)
     if args.model != "demo":
         raise InputError(f"--model: polyviz metrics judges the demo model on images with object masks; expected "
                          f"'demo', got {args.model!r}")
@@ -476,7 +610,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.json:
         meta = {"images": args.images, "image_seed": args.seed, "backends": backends, "methods": methods,
                 "polyviz": polyviz.__version__}
-        Path(args.json).write_text(report.to_json(runs, settings, meta))
+        write_text(args.json, report.to_json(runs, settings, meta))
         print(f"per-image values: {args.json}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
@@ -520,6 +654,15 @@ def _model_options(p: argparse.ArgumentParser, default: str | None = "demo", siz
                    help="input size in pixels for models that do not fix one (default 224)")
 
 
+def _image_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (exit code 2); by default it is reported, left out, "
+                        "the others are written, and the exit code is 1")
+    p.add_argument("--background", default="white",
+                   help="colour that transparent pixels (RGBA, LA, palette transparency) are composited onto: "
+                        "white, black, gray or #rrggbb (default white)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="polyviz", description="See what a convolutional network sees.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -547,7 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--layer", default=None, help="layer for CAM methods (default: the last spatial layer)")
     ex.add_argument("--out", default="polyviz-out", help="output folder (default ./polyviz-out)")
     ex.add_argument("--style", default="overlay", help="picture style: overlay, heatmap, masked, gradient... (default overlay)")
-    ex.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
+    ex.add_argument("--batch", type=int, default=8,
+                    help="images read and explained at a time; memory holds one batch (default 8)")
+    _image_options(ex)
     ex.add_argument("--no-progress", action="store_true", help="no progress bars")
     ex.set_defaults(func=cmd_explain)
 
@@ -561,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("--out", default="polyviz-gallery", help="output folder (default ./polyviz-gallery)")
     ga.add_argument("--style", default="overlay", help="picture style (default overlay)")
     ga.add_argument("--batch-size", type=int, default=None, help="passes per backend call inside a method")
+    _image_options(ga)
     ga.add_argument("--no-progress", action="store_true", help="no progress bars")
     ga.set_defaults(func=cmd_gallery)
 
