@@ -237,7 +237,10 @@ def _output_file(text: str, flag: str = "--json") -> Path:
     path = Path(text)
     if path.is_dir():
         raise InputError(f"{flag}: {text!r} is a folder; give a file name such as 'out.json'")
-    _output_folder(str(path.parent), flag)
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{flag}: cannot write {text!r}: {str(parent)!r} is not a folder")
+    _output_folder(str(parent), flag)
     return path
 
 
