@@ -8,8 +8,14 @@ model to the other framework, run every method in both and compare. ``polyviz me
 method judged by every metric of :mod:`polyviz.metrics` in every framework. ``polyviz summary``,
 ``polyviz methods``, ``polyviz info``, ``polyviz bench``.
 
-Errors (missing files, unreadable images, unknown models or methods, absent weights) are one line
-on stderr and exit code 2; ``--debug`` shows the traceback.
+Errors (missing files, unreadable images, unknown models or methods, absent weights, an ``--out``
+that is a file or cannot be created or written, an image over the pixel limit) are one line on
+stderr and exit code 2, checked before any model work where possible; ``--debug`` shows the
+traceback. Batches keep their good items: ``explain`` and ``gallery`` report an unreadable image
+on one line (``polyviz: skipped: ...``), go on with the others and exit with code 1 (``--strict``:
+stop at the first one, exit code 2); a gallery method that raises is shown as failed on the page,
+which is always written (exit code 1). Exit codes: 0 done, 1 done with skipped images or failed
+methods, 2 error, 130 interrupted. Output files are written atomically (:mod:`polyviz.render._atomic`).
 """
 
 from __future__ import annotations
@@ -401,7 +407,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     lm = _load_user_model(args)
     be = backend_for(lm.model, preprocess=lm.preprocess)
     layer = _resolve_layer(lm, be, args.layer)
-    stems = dict(zip(map(id, files), _unique_stems(files)))
+    bad = {e.path for e in header_errors}
+    stems = [stem for f, stem in zip(files, _unique_stems(files)) if f not in bad]  # aligned with good
     print(f"model {lm.name} ({lm.backend}), {len(good)} images at {lm.size[0]}x{lm.size[1]}, methods: {', '.join(methods)}", flush=True)
     bar, say, write = None, print, None
     if not args.no_progress:
@@ -426,7 +433,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     e = explain(lm.model, xb, m, target=target, layer=layer, preprocess=lm.preprocess, layout="NHWC",
                                 progress=False)
                     for i, k in enumerate(batch.indices):
-                        e.save(out / f"{stems[id(good[k])]}_{m}.png", index=i, **_render_style(args))
+                        e.save(out / f"{stems[k]}_{m}.png", index=i, **_render_style(args))
                         written += 1
             if bar is not None:
                 bar.update(len(batch.files) + len(batch.errors))
