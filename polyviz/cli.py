@@ -530,7 +530,7 @@ def _model_options(p: argparse.ArgumentParser, default: str | None = "demo", siz
                    help="demo, vgg16, vgg19, a saved model (.keras, .h5, TorchScript .pt/.ts, a .safetensors or "
                         "state-dict file with --arch, a pickled module or .pt2 with --trust-pickle) or a "
                         "torchvision model name (default: %(default)s)")
-    p.add_argument("--weights", default=None, help="weights file (vgg16/vgg19: a torch state dict or Keras .h5; "
+    p.add_argument("--weights", default=None, help="weights file (vgg16/vgg19 and torchvision names: a torch state dict or .safetensors, or Keras .h5; "
                                                  "demo: a .npz; default: ImageNet from the local cache / the shipped demo weights)")
     p.add_argument("--size", type=int, default=size_default,
                    help="input size in pixels for models that do not fix one (default 224)")
