@@ -346,7 +346,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _load_user_model(args: argparse.Namespace, backend: str | None = None) -> Any:
     from polyviz.loading import load_model
 
-    return load_model(args.model, backend if backend is not None else args.backend, args.weights, size=args.size)
+    return load_model(args.model, backend if backend is not None else args.backend, args.weights, size=args.size,
+                      **_file_options(args))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -548,7 +549,7 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
         lm = load_model(key, source or "torch", None, size=args.size, seed=args.seed)
         what = f"{key} with seeded random weights (seed {args.seed}) at {args.size}x{args.size}"
     else:
-        lm = load_model(args.model, source, args.weights, size=args.size)
+        lm = load_model(args.model, source, args.weights, size=args.size, **_file_options(args))
         what = f"{lm.name} at {lm.size[0]}x{lm.size[1]}"
     other = next(b for b in backends if b != lm.backend)
     converted = convert(lm.model, other, input_shape=(*lm.size, 3))
@@ -654,14 +655,30 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--arch and --trust-pickle as load_model's arguments."""
+    return {"arch": getattr(args, "arch", None), "trust_pickle": bool(getattr(args, "trust_pickle", False))}
+
+
+def _trust_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default=None,
+                   help="the torchvision model name (resnet50) that a weights file given as the model "
+                        "(.safetensors or a .pt/.pth state dict) is for")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="also load model files that can run code when loaded (a torch.save(model) pickle, a "
+                        "torch.export .pt2); only for files from a source you trust (default: refused, nothing runs)")
+
+
 def _model_options(p: argparse.ArgumentParser, default: str | None = "demo", size_default: int | None = None) -> None:
     p.add_argument("--model", default=default, required=default is None,
-                   help="demo, vgg16, vgg19, a saved model (.keras, .h5, .pt/.pth pickled module or TorchScript) "
-                        "or a torchvision model name (default: %(default)s)")
-    p.add_argument("--weights", default=None, help="weights file (vgg16/vgg19: a torch state dict or Keras .h5; "
+                   help="demo, vgg16, vgg19, a saved model (.keras, .h5, TorchScript .pt/.ts, a .safetensors or "
+                        "state-dict file with --arch, a pickled module or .pt2 with --trust-pickle) or a "
+                        "torchvision model name (default: %(default)s)")
+    p.add_argument("--weights", default=None, help="weights file (vgg16/vgg19 and torchvision names: a torch state dict or .safetensors, or Keras .h5; "
                                                  "demo: a .npz; default: ImageNet from the local cache / the shipped demo weights)")
     p.add_argument("--size", type=int, default=size_default,
                    help="input size in pixels for models that do not fix one (default 224)")
+    _trust_options(p)
 
 
 def _image_options(p: argparse.ArgumentParser) -> None:
@@ -739,6 +756,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--backend", default=None, help="torch or keras")
     sm.add_argument("--weights", default=None, help="weights file")
     sm.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, else 224)")
+    _trust_options(sm)
     sm.set_defaults(func=cmd_summary)
 
     me = sub.add_parser("methods", parents=[common], help="every method, what it returns and what it needs")

@@ -17,6 +17,7 @@ __all__ = [
     "CapabilityError",
     "BackendNotFoundError",
     "ModelError",
+    "UntrustedFileError",
     "WeightsNotFoundError",
     "did_you_mean",
 ]
@@ -48,6 +49,11 @@ class BackendNotFoundError(PolyvizError):
 
 class ModelError(PolyvizError):
     """The model object is of a kind polyviz cannot drive (e.g. a subclassed Keras model)."""
+
+
+class UntrustedFileError(ModelError):
+    """A model file can run code when loaded (a full pickle, a ``torch.export`` archive) and the
+    caller did not opt in with ``trust_pickle=True`` / ``--trust-pickle``. Nothing in it has run."""
 
 
 class WeightsNotFoundError(PolyvizError, FileNotFoundError):

@@ -2,7 +2,9 @@
 
 Models: ``demo`` (the shapes demo network), ``vgg16``/``vgg19`` (ImageNet weights from the local
 cache or ``weights``; ``seed`` for numpy-drawn weights), a saved model file (``.keras``/``.h5`` for
-Keras; ``.pt``/``.pth``/``.pkl`` (``torch.save(model)``) or TorchScript for torch), or a torchvision
+Keras, always with ``safe_mode=True``; for torch TorchScript, a ``.safetensors`` or state-dict file
+with ``arch`` (a torchvision name), and, only with ``trust_pickle=True`` because loading them can
+run code, ``torch.save(model)`` pickles and ``torch.export`` ``.pt2`` files), or a torchvision
 model name. The file suffix picks the backend, so no framework is imported here; the backend's
 ``load_model`` reads the file. Images: PIL, RGB, resized to the model's input size, in [0, 1]
 (16-bit images rescaled, transparency composited onto white, at most 64 megapixels: see
@@ -29,7 +31,8 @@ __all__ = ["LoadedModel", "load_model", "load_images", "image_files", "MODEL_SUF
 
 #: File suffix -> the backend that reads it.
 MODEL_SUFFIXES = {".keras": "keras", ".h5": "keras", ".hdf5": "keras",
-                  ".pt": "torch", ".pth": "torch", ".pkl": "torch", ".ts": "torch", ".torchscript": "torch"}
+                  ".pt": "torch", ".pth": "torch", ".pkl": "torch", ".ts": "torch", ".torchscript": "torch",
+                  ".safetensors": "torch", ".pt2": "torch"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 BUILTIN_MODELS = ("demo", "vgg16", "vgg19")
 
@@ -88,11 +91,16 @@ def load_model(
     *,
     size: int | None = None,
     seed: int | None = None,
+    arch: str | None = None,
+    trust_pickle: bool = False,
 ) -> LoadedModel:
     """Load ``name`` (see the module docstring) in ``backend`` (default: the file's framework, or
     torch when installed). ``size``: input pixels for models that do not fix one (default 224).
     ``seed``: VGG with numpy-drawn weights instead of ImageNet weights (at another ``size`` than
-    224, VGG's convolutions with a 512-unit dense head)."""
+    224, VGG's convolutions with a 512-unit dense head). ``arch``: the torchvision model name that
+    ``name``, a weights file (``.safetensors`` or a state dict), is for. ``trust_pickle``: also load
+    files that can run code when loaded (``torch.save(model)`` pickles, ``.pt2``); give it only for
+    files from a source you trust (default: such files raise UntrustedFileError, nothing runs)."""
     from polyviz import models
 
     if not isinstance(name, str) or not name:
@@ -100,6 +108,18 @@ def load_model(
     if weights is not None and not Path(weights).is_file():
         raise InputError(f"weights: no file {str(weights)!r}")
     key = name.lower()
+    if arch is not None:
+        if not isinstance(arch, str) or not arch:
+            raise InputError(f"arch: expected a torchvision model name (resnet50), got {arch!r}")
+        if not Path(name).is_file():
+            raise InputError(f"arch: needs the model to be a weights file (.safetensors, or a .pt/.pth state "
+                             f"dict); no file {name!r}")
+        if backend not in (None, "torch"):
+            raise InputError(f"backend: arch= names a torchvision model (torch), not {backend}")
+        model = backend_class("torch").load_model(name, weights, arch=arch, trust_pickle=trust_pickle)
+        px = int(size or 224)
+        return LoadedModel(model, "torch", f"{arch} ({Path(name).name})", (px, px), models.preprocess_for("torch"),
+                           imagenet_names())
     if key == "demo":
         from polyviz.models.demo import demo_spec, load_weights
 
@@ -136,7 +156,7 @@ def load_model(
                              f"{', '.join(sorted(MODEL_SUFFIXES))}")
         if backend is not None and backend != b:
             raise InputError(f"backend: {name!r} is a {b} model file, not {backend}")
-        return _from_file(path, b, weights, size)
+        return _from_file(path, b, weights, size, trust_pickle)
     # a torchvision name (only the torch backend knows them)
     b = backend or "torch"
     cls = backend_class(b) if b in available_backends() else None
@@ -145,7 +165,7 @@ def load_model(
                          f"({', '.join(sorted(MODEL_SUFFIXES))}) or a torchvision name (torch)."
                          f"{did_you_mean(key, BUILTIN_MODELS)}")
     try:
-        model = cls.load_model(name, weights)
+        model = cls.load_model(name, weights, trust_pickle=trust_pickle)
     except InputError as exc:
         hint = did_you_mean(key, BUILTIN_MODELS)
         raise InputError(f"model: unknown model {name!r}; expected demo, vgg16, vgg19, a model file or a "
@@ -154,11 +174,13 @@ def load_model(
     return LoadedModel(model, b, name, (px, px), models.preprocess_for("torch"), imagenet_names())
 
 
-def _from_file(path: Path, backend: str, weights: Any, size: int | None) -> LoadedModel:
+def _from_file(path: Path, backend: str, weights: Any, size: int | None, trust_pickle: bool = False) -> LoadedModel:
     cls = backend_class(backend)
     if not hasattr(cls, "load_model"):
         raise ModelError(f"model: the {backend} backend cannot load model files")
-    model = cls.load_model(str(path), weights)
+    # Keras files are not pickles (polyviz's Keras loader always passes safe_mode=True): the opt-in is torch's
+    extra = {"trust_pickle": trust_pickle} if backend == "torch" else {}
+    model = cls.load_model(str(path), weights, **extra)
     px: tuple[int, int] | None = (int(size), int(size)) if size else None
     if backend == "keras":
         shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape

@@ -270,8 +270,9 @@ def test_explain_saved_model(backend, tmp_path, images, capsys):
         model.save(path)
     out_dir = tmp_path / "out"
     size = ["--size", "64"] if backend == "torch" else []  # a Keras model knows its input size, torch's does not
+    trust = ["--trust-pickle"] if backend == "torch" else []  # a torch.save(model) pickle loads only on request
     assert main(["explain", str(folder / "img0.png"), "--model", str(path), "--method", "saliency",
-                 "--out", str(out_dir), "--no-progress", *size]) == 0
+                 "--out", str(out_dir), "--no-progress", *size, *trust]) == 0
     assert "class (0)" in capsys.readouterr().out  # no class names for a user's model: indices
     x = np.asarray(Image.open(folder / "img0.png").convert("RGB"), np.float32)[None] / 255.0
     expected = polyviz.saliency(model, x, layout="NHWC", progress=False).render(0)

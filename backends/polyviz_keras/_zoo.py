@@ -66,7 +66,9 @@ def vgg(name: str, weights: Any = None) -> Any:
     if not path.is_file():
         raise WeightsNotFoundError(f"weights: no weights file at {path}")
     if path.name.endswith(".keras"):
-        loaded = keras.saving.load_model(path, compile=False)
+        from polyviz_keras._load import load_model
+
+        loaded = load_model(path)  # safe_mode=True, and no Lambda bytecode whatever Keras' globals say
         model.set_weights(loaded.get_weights())
     else:
         model.load_weights(path)

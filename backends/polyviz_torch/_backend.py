@@ -237,11 +237,13 @@ class TorchBackend(Backend):
         return vgg(name, weights)
 
     @classmethod
-    def load_model(cls, source: Any, weights: Any = None) -> Any:
-        """A model from a file (``torch.save(model)`` pickle or TorchScript) or a torchvision name."""
+    def load_model(cls, source: Any, weights: Any = None, *, arch: str | None = None, trust_pickle: bool = False) -> Any:
+        """A model from a file or a torchvision name (``polyviz_torch._load.load_model``): TorchScript,
+        weights (``.safetensors``/state dict) with ``arch``; full pickles and ``.pt2`` only with
+        ``trust_pickle`` (they can run code)."""
         from polyviz_torch._load import load_model
 
-        return load_model(source, weights)
+        return load_model(source, weights, arch=arch, trust_pickle=trust_pickle)
 
     @classmethod
     def imagenet_categories(cls) -> list[str]:

@@ -66,18 +66,15 @@ def _imagenet_file(name: str) -> str:
     return path
 
 
-def load_state_dict(model: nn.Module, path: str) -> None:
-    """Load a state-dict file into ``model``; mismatched keys or shapes give a ModelError."""
+def load_state_dict(model: nn.Module, path: str, *, trust_pickle: bool = False) -> None:
+    """Load a state-dict file (``.safetensors``, or ``torch.save(state_dict)`` read with
+    ``weights_only=True``; see ``polyviz_torch._load.read_state_dict``) into ``model``; mismatched
+    keys or shapes give a ModelError."""
+    from polyviz_torch._load import read_state_dict
+
     if not os.path.isfile(path):
         raise WeightsNotFoundError(f"weights: no file at {path!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"weights: {path!r} is not a readable torch state dict ({type(exc).__name__}: {exc})") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ModelError(f"weights: {path!r} holds a {type(state).__name__}, not a state dict")
+    state = read_state_dict(path, trust_pickle=trust_pickle)
     own = model.state_dict()
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]
