@@ -211,11 +211,13 @@ def _render_style(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _output_folder(text: str, flag: str = "--out") -> Path:
-    """The output folder ``text``, created (with its parents) and proved writable by creating and
-    removing a temporary file in it, before any model work: an existing file, a folder that cannot
-    be created or written is a one-line error. A folder that is a symbolic link is followed (it is
-    the folder the user named); files inside it are written atomically and never through links
-    (:mod:`polyviz.render._atomic`)."""
+    """The output folder ``text``, proved writable before any model work without creating it yet
+    (a refused run leaves nothing behind): an existing file, a folder that cannot be created (a
+    file in the way) or cannot be written is a one-line error. The proof creates and removes a
+    temporary file in the folder, or in its nearest existing ancestor when the folder does not
+    exist yet (which works for root too, where permission bits say nothing). A folder that is a
+    symbolic link is followed (it is the folder the user named); files inside it are written
+    atomically and never through links (:mod:`polyviz.render._atomic`), which also creates it."""
     import os
     import tempfile
 
@@ -224,16 +226,20 @@ def _output_folder(text: str, flag: str = "--out") -> Path:
         raise InputError(f"{flag}: {text!r} exists and is not a folder; give a folder name")
     if out.is_symlink() and not out.exists():
         raise InputError(f"{flag}: {text!r} is a symbolic link to a missing folder")
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag}: cannot create the folder {text!r}: {str(existing)!r} is not a folder")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{flag}: cannot create the folder {text!r} ({exc.strerror or type(exc).__name__})") from None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".polyviz-write-test.", dir=out)
+        fd, probe = tempfile.mkstemp(prefix=".polyviz-write-test.", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise InputError(f"{flag}: cannot write in the folder {text!r} ({exc.strerror or type(exc).__name__})") from None
+        why = exc.strerror or type(exc).__name__
+        if existing == out.absolute():
+            raise InputError(f"{flag}: cannot write in the folder {text!r} ({why})") from None
+        raise InputError(f"{flag}: cannot create the folder {text!r}: {str(existing)!r} is not writable ({why})") from None
     return out
 
 

@@ -208,7 +208,7 @@ def test_bad_json_is_one_line_before_any_work(command, tmp_path, capsys, no_mode
     monkeypatch.setattr(polyviz.models, "demo", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model built")))
     extra = ["--quick", "--model", "demo"] if command == "bench" else []
     for target, message in [(tmp_path, "is a folder"), (tmp_path / "afile" / "x.json", "afile' is not a folder"),
-                            (tmp_path / "afile" / "sub" / "x.json", "(Not a directory)")]:
+                            (tmp_path / "afile" / "sub" / "x.json", "cannot create the folder")]:
         (tmp_path / "afile").write_text("x")
         assert main([command, "--backend", FIRST, "--methods", "saliency", "--no-progress", *extra,
                      "--json", str(target)]) == 2
