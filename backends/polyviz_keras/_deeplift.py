@@ -41,7 +41,7 @@ from polyviz_keras._functions import (
     forward_through,
     x_signature,
 )
-from polyviz_keras._graph import Run, activation_name, pre_activation
+from polyviz_keras._graph import Run, activation_name, is_weighted_with_activation, pre_activation
 
 __all__ = ["call_layer", "make_deeplift", "EPS", "SUPPORTED"]
 
@@ -161,7 +161,7 @@ def call_layer(layer: Any, args: tuple, kwargs: dict) -> Any:
         raise _refuse(layer, "a parametric ReLU")
     if isinstance(layer, _MAX_POOLS):
         raise _refuse(layer, "max pooling other than 2-D")
-    if hasattr(layer, "kernel") and getattr(layer, "activation", None) is not None:
+    if is_weighted_with_activation(layer):
         rule = _activation_rule(layer, activation_name(layer))
         if rule is not None:
             return rule(pre_activation(layer, args[0]))

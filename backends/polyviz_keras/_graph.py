@@ -18,9 +18,22 @@ import tensorflow as tf
 from keras.src.models.functional import Functional
 from keras.src.models.functional import operation_fn as keras_operation_fn
 
-from polyviz.errors import LayerError
+from polyviz.errors import CapabilityError, LayerError
 
 SEP = "/"
+
+#: Keras layer classes with a fused ``activation`` whose ``call`` computes
+#: ``activation(affine map of the inputs)`` reading ``self.activation`` once, at the end, and
+#: skipping it when it is None. :func:`pre_activation` runs exactly these ``call`` functions.
+FUSED_ACTIVATION_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+        "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+    )
+    if hasattr(keras.layers, name)
+)
+_FUSED_CALLS = frozenset(cls.call for cls in FUSED_ACTIVATION_LAYERS)
 
 
 def graph_of(model: Any) -> Functional | None:
@@ -53,9 +66,17 @@ def is_plain_relu_layer(layer: Any) -> bool:
     return isinstance(layer, keras.layers.Activation) and activation_name(layer) == "relu"
 
 
+def is_weighted_with_activation(layer: Any) -> bool:
+    """A weighted layer that may carry a fused ``activation`` (Dense, Conv, DepthwiseConv,
+    SeparableConv, ... or any layer with a ``kernel``), as opposed to a standalone activation."""
+    if isinstance(layer, keras.layers.Activation) or getattr(layer, "activation", None) is None:
+        return False
+    return isinstance(layer, FUSED_ACTIVATION_LAYERS) or hasattr(layer, "kernel")
+
+
 def has_fused_activation(layer: Any, name: str) -> bool:
-    """A weighted layer (Dense, Conv) whose ``activation`` is ``name``."""
-    return not isinstance(layer, keras.layers.Activation) and hasattr(layer, "kernel") and activation_name(layer) == name
+    """A weighted layer (Dense, Conv, DepthwiseConv, SeparableConv, ...) whose ``activation`` is ``name``."""
+    return is_weighted_with_activation(layer) and activation_name(layer) == name
 
 
 def iter_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -114,30 +135,48 @@ def relu_with_rule(rule: str) -> Callable[[tf.Tensor], tf.Tensor]:
     return guided if rule == "guided" else deconvnet
 
 
+
+
+class _WithoutActivation:
+    """A read-only view of a layer whose ``activation`` is None; every other attribute (weights,
+    strides, padding, helper methods) is the layer's own. The layer itself is never written to."""
+
+    __slots__ = ("_layer",)
+    activation = None
+
+    def __init__(self, layer: Any) -> None:
+        object.__setattr__(self, "_layer", layer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_layer"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"polyviz: a layer's call tried to set {name!r} while computing its pre-activation")
+
+
 def pre_activation(layer: Any, inputs: tf.Tensor) -> tf.Tensor:
-    """The output of a Dense or Conv layer before its activation, computed from its weights."""
-    plain = getattr(layer, "quantization_mode", None) is None and not getattr(layer, "lora_enabled", False)
-    if plain and isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call:
-        out = tf.tensordot(inputs, layer.kernel, axes=[[inputs.shape.rank - 1], [0]])
-        out.set_shape(inputs.shape[:-1].concatenate([layer.kernel.shape[-1]]))
-    elif (
-        plain
-        and hasattr(layer, "convolution_op")
-        and getattr(layer, "rank", None) == 2
-        and getattr(layer, "data_format", "channels_last") == "channels_last"
-        and type(layer).call is keras.layers.Conv2D.call
-    ):
-        out = layer.convolution_op(inputs, layer.kernel)
-    else:  # any other layer: run it with its activation set to identity, restored at once
-        saved = layer.activation
-        try:
-            layer.activation = keras.activations.linear
-            return layer(inputs, training=False)
-        finally:
-            layer.activation = saved
-    if getattr(layer, "use_bias", False) and layer.bias is not None:
-        out = out + layer.bias
-    return out
+    """The output of a Dense/EinsumDense/Conv/ConvTranspose/DepthwiseConv/SeparableConv layer
+    before its fused activation.
+
+    The layer's own ``call`` runs on a read-only view of the layer whose ``activation`` is None
+    (:class:`_WithoutActivation`): Keras' own maths with the layer's own variables, and the layer
+    is never mutated, not even for a moment, so a concurrent trace of the same model in another
+    thread sees it as it is. Layers whose ``call`` is not one of those Keras classes' (a subclass
+    that overrides ``call``), and quantized layers, are refused: polyviz cannot know where their
+    activation is applied."""
+    call = type(layer).call
+    if call not in _FUSED_CALLS or getattr(layer, "quantization_mode", None) is not None:
+        raise CapabilityError(
+            f"layer {layer.name!r} ({type(layer).__name__}) applies a fused activation polyviz cannot separate "
+            f"from its {'quantized ' if getattr(layer, 'quantization_mode', None) else 'own '}call (supported: "
+            f"{', '.join(cls.__name__ for cls in FUSED_ACTIVATION_LAYERS)}); use activation=None and a separate "
+            "Activation layer"
+        )
+    compute = tf.as_dtype(layer.compute_dtype)
+    variables = tf.as_dtype(layer.variable_dtype)
+    if compute != variables and inputs.dtype == compute:  # mixed precision: compute in the weights' dtype
+        return tf.cast(call(_WithoutActivation(layer), tf.cast(inputs, variables)), compute)
+    return call(_WithoutActivation(layer), inputs)
 
 
 @dataclass
