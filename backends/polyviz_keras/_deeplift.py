@@ -29,7 +29,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.models.functional import operation_fn as keras_operation_fn
 
 from polyviz.errors import CapabilityError
 from polyviz.preprocess import Preprocess
@@ -41,7 +40,13 @@ from polyviz_keras._functions import (
     forward_through,
     x_signature,
 )
-from polyviz_keras._graph import Run, activation_name, is_weighted_with_activation, pre_activation
+from polyviz_keras._graph import (
+    Run,
+    activation_name,
+    call_operation,
+    is_weighted_with_activation,
+    pre_activation,
+)
 
 __all__ = ["call_layer", "make_deeplift", "EPS", "SUPPORTED"]
 
@@ -165,7 +170,7 @@ def call_layer(layer: Any, args: tuple, kwargs: dict) -> Any:
         rule = _activation_rule(layer, activation_name(layer))
         if rule is not None:
             return rule(pre_activation(layer, args[0]))
-    return keras_operation_fn(layer, training=False)(*args, **kwargs)
+    return call_operation(layer, args, kwargs)
 
 
 def make_deeplift(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.ndarray], objective_key: Hashable,

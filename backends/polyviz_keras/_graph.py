@@ -1,24 +1,27 @@
 """Run a Keras functional graph ourselves, layer by layer, to record and steer what happens.
 
-Keras 3's ``Function._run_through_graph(inputs, operation_fn)`` executes a functional model's
-nodes in order, calling ``operation_fn(layer)(*args, **kwargs)`` at each. We pass an operation_fn
-that wraps each layer to record requested outputs, recurse into nested models (``outer/inner``
-names), call layers with ``training=False``, realise ReLU backward rules and expose pre-softmax
-logits, all without cloning or editing the model.
+A Sequential model runs as its layers in order; a functional model through Keras'
+``Function._run_through_graph(inputs, operation_fn)`` (reached only through the guarded shim
+:mod:`polyviz_keras._internals`: Keras has no public API for it), which executes the nodes in order
+and calls ``operation_fn(layer)(*args, **kwargs)`` at each. Our operation_fn wraps each layer to
+record requested outputs, recurse into nested models (``outer/inner`` names), call layers with
+``training=False``, realise ReLU backward rules and expose pre-softmax logits, all without cloning
+or editing the model: no attribute of a user's layer is ever assigned, not even for a moment
+(:func:`pre_activation`), so calls overlapping from several threads cannot see each other.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.models.functional import Functional
-from keras.src.models.functional import operation_fn as keras_operation_fn
 
 from polyviz.errors import CapabilityError, LayerError
+from polyviz_keras._internals import producer_of, run_through_graph
 
 SEP = "/"
 
@@ -36,14 +39,43 @@ FUSED_ACTIVATION_LAYERS = tuple(
 _FUSED_CALLS = frozenset(cls.call for cls in FUSED_ACTIVATION_LAYERS)
 
 
-def graph_of(model: Any) -> Functional | None:
-    """The functional graph behind a Functional or Sequential model, or None (subclassed)."""
+def graph_of(model: Any) -> Any | None:
+    """``model`` itself when it is a graph model polyviz can run layer by layer: a functional model
+    (a ``keras.Model`` that is a ``keras.Function``) or a Sequential model with defined inputs; None
+    otherwise (subclassed models, unbuilt Sequential models)."""
     if isinstance(model, keras.Sequential):
-        fn = getattr(model, "_functional", None)
-        return fn if isinstance(fn, Functional) else None
-    if isinstance(model, Functional):
+        try:
+            model.inputs  # noqa: B018 - raises AttributeError until the inputs are defined
+        except (AttributeError, ValueError):
+            return None
+        return model
+    if isinstance(model, keras.Model) and isinstance(model, keras.Function):
         return model
     return None
+
+
+def graph_operations(graph: Any) -> list[Any]:
+    """The operations of a graph model in execution order, input layers left out."""
+    ops = graph.layers if isinstance(graph, keras.Sequential) else graph.operations
+    return [op for op in ops if not isinstance(op, keras.layers.InputLayer)]
+
+
+def output_operation(graph: Any) -> Any | None:
+    """The operation that produces a single-output graph model's output (None if unknown)."""
+    if isinstance(graph, keras.Sequential):
+        layers = graph.layers
+        return layers[-1] if layers else None
+    if len(graph.outputs) != 1:
+        return None
+    out = graph.outputs[0]
+    for op in reversed(graph.operations):
+        try:
+            produced = keras.tree.flatten(op.output)
+        except (AttributeError, ValueError, RuntimeError):
+            continue
+        if any(t is out for t in produced):
+            return op
+    return producer_of(out)
 
 
 def is_nested(layer: Any) -> bool:
@@ -85,9 +117,7 @@ def iter_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if graph is None:
         return out
-    for op in graph.operations:
-        if isinstance(op, keras.layers.InputLayer):
-            continue
+    for op in graph_operations(graph):
         name = prefix + op.name
         out.append((name, op))
         if is_nested(op):
@@ -100,8 +130,7 @@ def final_softmax(model: Any) -> Any | None:
     graph = graph_of(model)
     if graph is None or len(graph.outputs) != 1:
         return None
-    history = getattr(graph.outputs[0], "_keras_history", None)
-    layer = history[0] if history else None
+    layer = output_operation(graph)
     if layer is None:
         return None
     if is_nested(layer):  # a wrapper whose output is a nested model's output
@@ -217,7 +246,22 @@ def _call_layer(layer: Any, run: Run, args: tuple, kwargs: dict) -> Any:
             return relu_with_rule(run.relu_rule)(args[0])
         if has_fused_activation(layer, "relu"):
             return relu_with_rule(run.relu_rule)(pre_activation(layer, args[0]))
-    return keras_operation_fn(layer, training=False)(*args, **kwargs)
+    return call_operation(layer, args, kwargs)
+
+
+def _takes_training(call: Any) -> bool:
+    try:
+        return "training" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def call_operation(op: Any, args: tuple, kwargs: dict) -> Any:
+    """Call one operation as the model's own inference call does: ``training=False`` for a layer
+    whose ``call`` takes a ``training`` argument (Dropout, BatchNormalization, ...)."""
+    if "training" not in kwargs and isinstance(op, keras.layers.Layer) and _takes_training(op.call):
+        kwargs = {**kwargs, "training": False}
+    return op(*args, **kwargs)
 
 
 def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
@@ -252,8 +296,14 @@ def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
     return wrap
 
 
-def _run_graph(graph: Functional, inputs: Any, run: Run, prefix: str) -> Any:
-    outputs = graph._run_through_graph(inputs, operation_fn=_operation_fn(run, prefix))
+def _run_graph(graph: Any, inputs: Any, run: Run, prefix: str) -> Any:
+    operation_fn = _operation_fn(run, prefix)
+    if isinstance(graph, keras.Sequential):
+        outputs = inputs
+        for layer in graph.layers:
+            outputs = operation_fn(layer)(outputs)
+        return outputs
+    outputs = run_through_graph(graph, inputs, operation_fn)
     if isinstance(outputs, list | tuple) and len(outputs) == 1:
         outputs = outputs[0]
     return outputs
