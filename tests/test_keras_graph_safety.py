@@ -110,6 +110,39 @@ def test_concurrent_guided_backprop_never_leaks_into_saliency():
     assert not bad, f"saliency differed from the tape gradient in trials {bad}"
 
 
+def test_mixed_methods_concurrently_give_sequential_results_and_leave_the_model():
+    """Several method families at once on one Keras model (fused-ReLU depthwise and separable convs,
+    BatchNormalization, Dropout): each result equals the single-threaded one, the model's
+    fingerprint (weights, activations, trainable flags, dtype policies) is unchanged."""
+    from polyviz_keras import KerasBackend
+
+    keras.utils.set_random_seed(5)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
+    x = keras.layers.Dropout(0.5, name="drop")(x)
+    x = keras.layers.SeparableConv2D(5, 3, padding="same", activation="relu", name="separable")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    xs = np.random.default_rng(3).uniform(size=(2, SIZE, SIZE, 3)).astype(np.float32)
+    before = KerasBackend.state_fingerprint(model)
+    methods = ("saliency", "guided_backprop", "deconvnet", "deeplift", "integrated_gradients", "gradcam")
+    expected = {m: polyviz.explain(model, xs, m, target=1, progress=False).attribution for m in methods}
+    for _ in range(2):
+        got = _concurrently(model, xs, methods)
+        for m in methods:
+            assert isinstance(got[m], np.ndarray), (m, got[m])
+            np.testing.assert_allclose(got[m], expected[m], rtol=1e-5, atol=1e-7, err_msg=m)
+    after = KerasBackend.state_fingerprint(model)
+    assert before.keys() == after.keys()
+    for key in before:
+        if isinstance(before[key], np.ndarray):
+            assert np.array_equal(before[key], after[key]), key
+        else:
+            assert before[key] == after[key], key
+
+
 @pytest.mark.parametrize("method", ["guided_backprop", "deconvnet", "deeplift", "saliency", "gradcam", "lrp"])
 def test_no_layer_attribute_is_set_during_a_call(method):
     """No attribute of the user's layer is assigned during a call (the fused-activation layer's
@@ -196,6 +229,29 @@ def test_no_private_framework_imports_outside_the_shim():
             for match in PRIVATE_IMPORT.finditer(path.read_text(encoding="utf-8")):
                 offenders.append(f"{path.relative_to(ROOT)}: {match.group(0).strip()}")
     assert not offenders, "private framework imports (use public APIs or the shim):\n" + "\n".join(offenders)
+
+
+def test_the_shim_fails_with_one_line_naming_the_keras_version():
+    """A Keras without the internals polyviz needs gives a one-line CapabilityError naming the
+    installed version, not an AttributeError."""
+    from polyviz_keras import _internals
+
+    from polyviz.errors import CapabilityError
+
+    class NoGraph:
+        pass
+
+    class OldGraph:
+        def _run_through_graph(self, inputs):
+            return inputs
+
+    for graph in (NoGraph(), OldGraph()):
+        with pytest.raises(CapabilityError) as info:
+            _internals.run_through_graph(graph, None, lambda op: op)
+        message = str(info.value)
+        assert "\n" not in message and f"Keras {keras.__version__}" in message
+    with pytest.raises(CapabilityError, match="_inbound_nodes"):
+        _internals.call_count(NoGraph())
 
 
 def test_the_shim_is_guarded_and_documented():
