@@ -116,19 +116,23 @@ def test_mixed_methods_concurrently_give_sequential_results_and_leave_the_model(
     fingerprint (weights, activations, trainable flags, dtype policies) is unchanged."""
     from polyviz_keras import KerasBackend
 
-    keras.utils.set_random_seed(5)
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
-    x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
-    x = keras.layers.Dropout(0.5, name="drop")(x)
-    x = keras.layers.SeparableConv2D(5, 3, padding="same", activation="relu", name="separable")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+    def make() -> keras.Model:
+        keras.utils.set_random_seed(5)
+        inputs = keras.Input((SIZE, SIZE, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+        x = keras.layers.BatchNormalization(name="bn")(x)
+        x = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="depthwise")(x)
+        x = keras.layers.Dropout(0.5, name="drop")(x)
+        x = keras.layers.SeparableConv2D(5, 3, padding="same", activation="relu", name="separable")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.Model(inputs, keras.layers.Dense(3, name="head")(x))
+
     xs = np.random.default_rng(3).uniform(size=(2, SIZE, SIZE, 3)).astype(np.float32)
-    before = KerasBackend.state_fingerprint(model)
     methods = ("saliency", "guided_backprop", "deconvnet", "deeplift", "integrated_gradients", "gradcam")
-    expected = {m: polyviz.explain(model, xs, m, target=1, progress=False).attribution for m in methods}
+    twin = make()  # the single-threaded answers, from an identical model (its own traces)
+    expected = {m: polyviz.explain(twin, xs, m, target=1, progress=False).attribution for m in methods}
+    model = make()  # fresh: its functions are traced while the calls overlap
+    before = KerasBackend.state_fingerprint(model)
     for _ in range(2):
         got = _concurrently(model, xs, methods)
         for m in methods:
