@@ -35,6 +35,12 @@ class KerasBackend(Backend):
     Layer outputs are reached by running the model's own functional graph with a wrapper around
     each layer (no sub-models, no cloning); gradients come from ``tf.GradientTape`` inside cached
     ``tf.function`` s. ``logits=True`` scores a model that ends in softmax by its pre-softmax logits.
+
+    Threads: calls on one model may overlap freely. Nothing is switched on the model or its layers
+    for a call (``training=False`` is passed to each layer, rules act on the traced tensors, a
+    fused activation is separated without touching the layer: see
+    :func:`polyviz_keras._graph.pre_activation`), so a trace made in one thread never captures
+    another call's state. Keras internals are reached only through :mod:`polyviz_keras._internals`.
     """
 
     name: ClassVar[str] = "keras"

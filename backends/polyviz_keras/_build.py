@@ -11,6 +11,7 @@ import numpy as np
 from polyviz.errors import ModelError
 from polyviz.models.spec import LayerSpec, NetworkSpec, _pair, output_shapes
 from polyviz_keras._graph import graph_of, iter_layers
+from polyviz_keras._internals import call_count
 
 
 def _conv(layer: LayerSpec, x: Any) -> Any:
@@ -141,8 +142,8 @@ def export(model: Any) -> tuple[NetworkSpec, dict[str, dict[str, np.ndarray]], d
             spec = LayerSpec("softmax", name)
         else:
             raise ModelError(f"model: layer {name!r} ({cls}) is not supported by export (VGG-style models only)")
-        if len(layer._inbound_nodes) != 1:
-            raise ModelError(f"model: layer {name!r} is used {len(layer._inbound_nodes)} times; export needs a chain")
+        if call_count(layer) != 1:
+            raise ModelError(f"model: layer {name!r} is used {call_count(layer)} times; export needs a chain")
         layers.append(spec)
         names[spec.name] = name
         if spec.has_weights:

@@ -29,7 +29,6 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.models.functional import operation_fn as keras_operation_fn
 
 from polyviz.errors import CapabilityError
 from polyviz.preprocess import Preprocess
@@ -41,7 +40,13 @@ from polyviz_keras._functions import (
     forward_through,
     x_signature,
 )
-from polyviz_keras._graph import Run, activation_name, pre_activation
+from polyviz_keras._graph import (
+    Run,
+    activation_name,
+    call_operation,
+    is_weighted_with_activation,
+    pre_activation,
+)
 
 __all__ = ["call_layer", "make_deeplift", "EPS", "SUPPORTED"]
 
@@ -161,11 +166,11 @@ def call_layer(layer: Any, args: tuple, kwargs: dict) -> Any:
         raise _refuse(layer, "a parametric ReLU")
     if isinstance(layer, _MAX_POOLS):
         raise _refuse(layer, "max pooling other than 2-D")
-    if hasattr(layer, "kernel") and getattr(layer, "activation", None) is not None:
+    if is_weighted_with_activation(layer):
         rule = _activation_rule(layer, activation_name(layer))
         if rule is not None:
             return rule(pre_activation(layer, args[0]))
-    return keras_operation_fn(layer, training=False)(*args, **kwargs)
+    return call_operation(layer, args, kwargs)
 
 
 def make_deeplift(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.ndarray], objective_key: Hashable,

@@ -1,36 +1,81 @@
 """Run a Keras functional graph ourselves, layer by layer, to record and steer what happens.
 
-Keras 3's ``Function._run_through_graph(inputs, operation_fn)`` executes a functional model's
-nodes in order, calling ``operation_fn(layer)(*args, **kwargs)`` at each. We pass an operation_fn
-that wraps each layer to record requested outputs, recurse into nested models (``outer/inner``
-names), call layers with ``training=False``, realise ReLU backward rules and expose pre-softmax
-logits, all without cloning or editing the model.
+A Sequential model runs as its layers in order; a functional model through Keras'
+``Function._run_through_graph(inputs, operation_fn)`` (reached only through the guarded shim
+:mod:`polyviz_keras._internals`: Keras has no public API for it), which executes the nodes in order
+and calls ``operation_fn(layer)(*args, **kwargs)`` at each. Our operation_fn wraps each layer to
+record requested outputs, recurse into nested models (``outer/inner`` names), call layers with
+``training=False``, realise ReLU backward rules and expose pre-softmax logits, all without cloning
+or editing the model: no attribute of a user's layer is ever assigned, not even for a moment
+(:func:`pre_activation`), so calls overlapping from several threads cannot see each other.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.models.functional import Functional
-from keras.src.models.functional import operation_fn as keras_operation_fn
 
-from polyviz.errors import LayerError
+from polyviz.errors import CapabilityError, LayerError
+from polyviz_keras._internals import producer_of, run_through_graph
 
 SEP = "/"
 
+#: Keras layer classes with a fused ``activation`` whose ``call`` computes
+#: ``activation(affine map of the inputs)`` reading ``self.activation`` once, at the end, and
+#: skipping it when it is None. :func:`pre_activation` runs exactly these ``call`` functions.
+FUSED_ACTIVATION_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "Dense", "EinsumDense", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose", "Conv2DTranspose",
+        "Conv3DTranspose", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+    )
+    if hasattr(keras.layers, name)
+)
+_FUSED_CALLS = frozenset(cls.call for cls in FUSED_ACTIVATION_LAYERS)
 
-def graph_of(model: Any) -> Functional | None:
-    """The functional graph behind a Functional or Sequential model, or None (subclassed)."""
+
+def graph_of(model: Any) -> Any | None:
+    """``model`` itself when it is a graph model polyviz can run layer by layer: a functional model
+    (a ``keras.Model`` that is a ``keras.Function``) or a Sequential model with defined inputs; None
+    otherwise (subclassed models, unbuilt Sequential models)."""
     if isinstance(model, keras.Sequential):
-        fn = getattr(model, "_functional", None)
-        return fn if isinstance(fn, Functional) else None
-    if isinstance(model, Functional):
+        try:
+            model.inputs  # noqa: B018 - raises AttributeError until the inputs are defined
+        except (AttributeError, ValueError):
+            return None
+        return model
+    if isinstance(model, keras.Model) and isinstance(model, keras.Function):
         return model
     return None
+
+
+def graph_operations(graph: Any) -> list[Any]:
+    """The operations of a graph model in execution order, input layers left out."""
+    ops = graph.layers if isinstance(graph, keras.Sequential) else graph.operations
+    return [op for op in ops if not isinstance(op, keras.layers.InputLayer)]
+
+
+def output_operation(graph: Any) -> Any | None:
+    """The operation that produces a single-output graph model's output (None if unknown)."""
+    if isinstance(graph, keras.Sequential):
+        layers = graph.layers
+        return layers[-1] if layers else None
+    if len(graph.outputs) != 1:
+        return None
+    out = graph.outputs[0]
+    for op in reversed(graph.operations):
+        try:
+            produced = keras.tree.flatten(op.output)
+        except (AttributeError, ValueError, RuntimeError):
+            continue
+        if any(t is out for t in produced):
+            return op
+    return producer_of(out)
 
 
 def is_nested(layer: Any) -> bool:
@@ -53,9 +98,17 @@ def is_plain_relu_layer(layer: Any) -> bool:
     return isinstance(layer, keras.layers.Activation) and activation_name(layer) == "relu"
 
 
+def is_weighted_with_activation(layer: Any) -> bool:
+    """A weighted layer that may carry a fused ``activation`` (Dense, Conv, DepthwiseConv,
+    SeparableConv, ... or any layer with a ``kernel``), as opposed to a standalone activation."""
+    if isinstance(layer, keras.layers.Activation) or getattr(layer, "activation", None) is None:
+        return False
+    return isinstance(layer, FUSED_ACTIVATION_LAYERS) or hasattr(layer, "kernel")
+
+
 def has_fused_activation(layer: Any, name: str) -> bool:
-    """A weighted layer (Dense, Conv) whose ``activation`` is ``name``."""
-    return not isinstance(layer, keras.layers.Activation) and hasattr(layer, "kernel") and activation_name(layer) == name
+    """A weighted layer (Dense, Conv, DepthwiseConv, SeparableConv, ...) whose ``activation`` is ``name``."""
+    return is_weighted_with_activation(layer) and activation_name(layer) == name
 
 
 def iter_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -64,9 +117,7 @@ def iter_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     if graph is None:
         return out
-    for op in graph.operations:
-        if isinstance(op, keras.layers.InputLayer):
-            continue
+    for op in graph_operations(graph):
         name = prefix + op.name
         out.append((name, op))
         if is_nested(op):
@@ -79,8 +130,7 @@ def final_softmax(model: Any) -> Any | None:
     graph = graph_of(model)
     if graph is None or len(graph.outputs) != 1:
         return None
-    history = getattr(graph.outputs[0], "_keras_history", None)
-    layer = history[0] if history else None
+    layer = output_operation(graph)
     if layer is None:
         return None
     if is_nested(layer):  # a wrapper whose output is a nested model's output
@@ -114,30 +164,48 @@ def relu_with_rule(rule: str) -> Callable[[tf.Tensor], tf.Tensor]:
     return guided if rule == "guided" else deconvnet
 
 
+
+
+class _WithoutActivation:
+    """A read-only view of a layer whose ``activation`` is None; every other attribute (weights,
+    strides, padding, helper methods) is the layer's own. The layer itself is never written to."""
+
+    __slots__ = ("_layer",)
+    activation = None
+
+    def __init__(self, layer: Any) -> None:
+        object.__setattr__(self, "_layer", layer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(object.__getattribute__(self, "_layer"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"polyviz: a layer's call tried to set {name!r} while computing its pre-activation")
+
+
 def pre_activation(layer: Any, inputs: tf.Tensor) -> tf.Tensor:
-    """The output of a Dense or Conv layer before its activation, computed from its weights."""
-    plain = getattr(layer, "quantization_mode", None) is None and not getattr(layer, "lora_enabled", False)
-    if plain and isinstance(layer, keras.layers.Dense) and type(layer).call is keras.layers.Dense.call:
-        out = tf.tensordot(inputs, layer.kernel, axes=[[inputs.shape.rank - 1], [0]])
-        out.set_shape(inputs.shape[:-1].concatenate([layer.kernel.shape[-1]]))
-    elif (
-        plain
-        and hasattr(layer, "convolution_op")
-        and getattr(layer, "rank", None) == 2
-        and getattr(layer, "data_format", "channels_last") == "channels_last"
-        and type(layer).call is keras.layers.Conv2D.call
-    ):
-        out = layer.convolution_op(inputs, layer.kernel)
-    else:  # any other layer: run it with its activation set to identity, restored at once
-        saved = layer.activation
-        try:
-            layer.activation = keras.activations.linear
-            return layer(inputs, training=False)
-        finally:
-            layer.activation = saved
-    if getattr(layer, "use_bias", False) and layer.bias is not None:
-        out = out + layer.bias
-    return out
+    """The output of a Dense/EinsumDense/Conv/ConvTranspose/DepthwiseConv/SeparableConv layer
+    before its fused activation.
+
+    The layer's own ``call`` runs on a read-only view of the layer whose ``activation`` is None
+    (:class:`_WithoutActivation`): Keras' own maths with the layer's own variables, and the layer
+    is never mutated, not even for a moment, so a concurrent trace of the same model in another
+    thread sees it as it is. Layers whose ``call`` is not one of those Keras classes' (a subclass
+    that overrides ``call``), and quantized layers, are refused: polyviz cannot know where their
+    activation is applied."""
+    call = type(layer).call
+    if call not in _FUSED_CALLS or getattr(layer, "quantization_mode", None) is not None:
+        raise CapabilityError(
+            f"layer {layer.name!r} ({type(layer).__name__}) applies a fused activation polyviz cannot separate "
+            f"from its {'quantized ' if getattr(layer, 'quantization_mode', None) else 'own '}call (supported: "
+            f"{', '.join(cls.__name__ for cls in FUSED_ACTIVATION_LAYERS)}); use activation=None and a separate "
+            "Activation layer"
+        )
+    compute = tf.as_dtype(layer.compute_dtype)
+    variables = tf.as_dtype(layer.variable_dtype)
+    if compute != variables and inputs.dtype == compute:  # mixed precision: compute in the weights' dtype
+        return tf.cast(call(_WithoutActivation(layer), tf.cast(inputs, variables)), compute)
+    return call(_WithoutActivation(layer), inputs)
 
 
 @dataclass
@@ -178,7 +246,22 @@ def _call_layer(layer: Any, run: Run, args: tuple, kwargs: dict) -> Any:
             return relu_with_rule(run.relu_rule)(args[0])
         if has_fused_activation(layer, "relu"):
             return relu_with_rule(run.relu_rule)(pre_activation(layer, args[0]))
-    return keras_operation_fn(layer, training=False)(*args, **kwargs)
+    return call_operation(layer, args, kwargs)
+
+
+def _takes_training(call: Any) -> bool:
+    try:
+        return "training" in inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def call_operation(op: Any, args: tuple, kwargs: dict) -> Any:
+    """Call one operation as the model's own inference call does: ``training=False`` for a layer
+    whose ``call`` takes a ``training`` argument (Dropout, BatchNormalization, ...)."""
+    if "training" not in kwargs and isinstance(op, keras.layers.Layer) and _takes_training(op.call):
+        kwargs = {**kwargs, "training": False}
+    return op(*args, **kwargs)
 
 
 def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
@@ -213,8 +296,14 @@ def _operation_fn(run: Run, prefix: str) -> Callable[[Any], Callable[..., Any]]:
     return wrap
 
 
-def _run_graph(graph: Functional, inputs: Any, run: Run, prefix: str) -> Any:
-    outputs = graph._run_through_graph(inputs, operation_fn=_operation_fn(run, prefix))
+def _run_graph(graph: Any, inputs: Any, run: Run, prefix: str) -> Any:
+    operation_fn = _operation_fn(run, prefix)
+    if isinstance(graph, keras.Sequential):
+        outputs = inputs
+        for layer in graph.layers:
+            outputs = operation_fn(layer)(outputs)
+        return outputs
+    outputs = run_through_graph(graph, inputs, operation_fn)
     if isinstance(outputs, list | tuple) and len(outputs) == 1:
         outputs = outputs[0]
     return outputs

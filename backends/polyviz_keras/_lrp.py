@@ -136,7 +136,7 @@ def _pass(fn: Callable[[tf.Tensor], tf.Tensor], a: tf.Tensor) -> tf.Tensor:
 
 def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: dict) -> tf.Tensor:
     """Call one (non-nested) layer so that its backward carries relevance."""
-    from polyviz_keras._graph import activation_name, keras_operation_fn
+    from polyviz_keras._graph import activation_name, call_operation
 
     rules: dict[str, LRPRule] = run.lrp
     if name in rules:
@@ -163,7 +163,7 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
             f"rule: layer {name!r} ({type(layer).__name__}) has weights but no LRP rule; LRP covers Conv2D and "
             "Dense layers (fold BatchNormalization into the preceding conv first)"
         )
-    return keras_operation_fn(layer, training=False)(*args, **kwargs)
+    return call_operation(layer, args, kwargs)
 
 
 def _average_backward(layer: Any) -> Callable[..., tf.Tensor]:

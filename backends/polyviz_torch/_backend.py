@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,6 +35,11 @@ class TorchBackend(Backend):
     with respect to the input (or to the hooked layer outputs), never to the parameters. ReLU
     rules (guided backprop, deconvnet) are applied by a ``TorchFunctionMode`` active during the call,
     so they reach ``nn.ReLU`` modules and functional ReLUs alike without touching the model.
+
+    Threads: one backend (and one model) may be used from several threads. Calls on one model run
+    one at a time (a per-model lock), hooks act only in the thread that registered them, and the
+    input size that selects the probe (``last_input_shape``) is kept per thread; see
+    :mod:`polyviz_torch._threads`.
     """
 
     name: ClassVar[str] = "torch"
@@ -79,6 +85,23 @@ class TorchBackend(Backend):
         #: Probe results (see :mod:`polyviz_torch._probe`) per input size.
         self._probes: dict[Any, Any] = {}
         self._channels: int | None = None
+
+    @property  # type: ignore[override]
+    def last_input_shape(self) -> tuple[int, ...] | None:
+        """Shape of the last batch this thread validated (the probe and ``layers()`` are keyed on
+        it): per thread, so that concurrent calls at different sizes each use their own; a thread
+        that has validated nothing sees the last shape any thread set."""
+        local = self.__dict__.get("_shape_local")
+        shape = getattr(local, "shape", self.__dict__.get("_shape_any"))
+        return shape
+
+    @last_input_shape.setter
+    def last_input_shape(self, shape: tuple[int, ...] | None) -> None:
+        local = self.__dict__.get("_shape_local")
+        if local is None:
+            local = self.__dict__["_shape_local"] = threading.local()
+        local.shape = shape
+        self.__dict__["_shape_any"] = shape
 
     # ---- identity ---------------------------------------------------------------------------
     @classmethod
@@ -189,8 +212,10 @@ class TorchBackend(Backend):
 
     def _with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:
         from polyviz_torch._reweight import reweighted_copy
+        from polyviz_torch._threads import model_lock
 
-        clone = reweighted_copy(self.model, weights, self._probe())
+        with model_lock(self.model):  # no other call's eval flags or hooks in the copy
+            clone = reweighted_copy(self.model, weights, self._probe())
         backend = type(self)(clone, preprocess=self.preprocess, input_shape=self._input_shape_option)
         backend._owned_model = clone  # the backend holds its model weakly: keep the copy alive with it
         backend.last_input_shape = self.last_input_shape

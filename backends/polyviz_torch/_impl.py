@@ -6,6 +6,11 @@ the caller's image) and are permuted to NCHW. Hooks live for one call: they are 
 :func:`guarded` and removed in its ``finally``, which also restores every module's ``training``
 flag and the grad mode. Nothing touches parameters' ``requires_grad`` or ``.grad``: gradients are
 taken with ``torch.autograd.grad`` with respect to the input or to hooked layer outputs only.
+
+Threads: :func:`guarded` holds the model's lock (:func:`polyviz_torch._threads.model_lock`) from its
+snapshot to its restoration, so polyviz calls on one model run one at a time, and every hook is
+registered through :func:`polyviz_torch._threads.add_hook`, so it acts only in the calling thread
+(see :mod:`polyviz_torch._threads` for what that guarantees and what it does not).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from polyviz.protocol import (
     Rule,
     check_output_objective,
 )
+from polyviz_torch._threads import add_hook, model_lock
 
 __all__ = ["Runner", "first_conv_channels", "layer_weights", "guarded", "channels_last"]
 
@@ -72,19 +78,22 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 @contextlib.contextmanager
 def guarded(model: nn.Module) -> Iterator[list[Any]]:
     """Eval mode for the duration; yields a list for hook handles, all removed on exit; training
-    flags and grad mode restored exactly, also when the call raises."""
-    flags = [(m, m.training) for m in model.modules()]
-    grad_mode = torch.is_grad_enabled()
-    handles: list[Any] = []
-    try:
-        model.eval()
-        yield handles
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in flags:
-            module.training = flag
-        torch.set_grad_enabled(grad_mode)
+    flags and grad mode restored exactly, also when the call raises. The model's lock is held
+    throughout, snapshot and restoration included: another thread's polyviz call on the same model
+    waits for this one to finish (the lock is re-entrant, so nested use in one thread is fine)."""
+    with model_lock(model):
+        flags = [(m, m.training) for m in model.modules()]
+        grad_mode = torch.is_grad_enabled()
+        handles: list[Any] = []
+        try:
+            model.eval()
+            yield handles
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, flag in flags:
+                module.training = flag
+            torch.set_grad_enabled(grad_mode)
 
 
 def _per_sample_sum(t: torch.Tensor) -> torch.Tensor:
@@ -260,7 +269,7 @@ class Runner:
             return hook
 
         for name, module in self._modules(layers).items():
-            handles.append(module.register_forward_hook(make(name)))
+            add_hook(handles, module, make(name))
 
     def _run(self, x_nchw: torch.Tensor, stop: bool) -> torch.Tensor | None:
         try:
@@ -406,7 +415,7 @@ class Runner:
             xt = self.tensor(x)
             keep_t = self.tensor(keep)
             index = torch.as_tensor(sample_index, device=self.device)
-            handles.append(module.register_forward_hook(hook))
+            add_hook(handles, module, hook)
             outs = []
             for start in range(0, m, batch):
                 scale["keep"] = keep_t[start : start + batch]

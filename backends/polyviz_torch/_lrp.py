@@ -32,6 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from polyviz.errors import CapabilityError
 from polyviz.protocol import LRPRule
+from polyviz_torch._threads import add_hook
 
 __all__ = ["install_lrp", "PassReluMode", "relevance"]
 
@@ -231,7 +232,7 @@ def install_lrp(model: nn.Module, rules: dict[str, LRPRule], handles: list[Any])
         elif isinstance(module, AVERAGE_POOLS):
             fn = average_rule(module)
         elif isinstance(module, PASS_THROUGH):
-            handles.append(module.register_forward_hook(_pass_hook))
+            add_hook(handles, module, _pass_hook)
             continue
         elif _has_own_parameters(module):
             raise CapabilityError(
@@ -240,7 +241,7 @@ def install_lrp(model: nn.Module, rules: dict[str, LRPRule], handles: list[Any])
             )
         else:
             continue
-        handles.append(module.register_forward_hook(_relevance_hook(fn)))
+        add_hook(handles, module, _relevance_hook(fn))
 
 
 def _relevance_hook(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

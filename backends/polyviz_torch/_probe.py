@@ -1,7 +1,8 @@
 """One probe forward pass with hooks on every module: execution order, output shapes, call counts.
 
 The probe runs on a zero input of the size the backend is asked about (eval mode, no grad, hooks
-removed and training flags restored afterwards). It feeds ``TorchBackend.layers()``, the
+removed and training flags restored afterwards, under the model's lock, with hooks that count only
+this thread's calls: see :mod:`polyviz_torch._threads`). It feeds ``TorchBackend.layers()``, the
 "called twice" check of layer requests, and the layout of ``Linear`` layers fed by a flatten.
 """
 
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from polyviz.protocol import LayerInfo
+from polyviz_torch._threads import add_hook, model_lock
 
 __all__ = ["Probe", "probe", "leaf_trace"]
 
@@ -64,7 +66,6 @@ def _run(model: nn.Module, size: tuple[int, int, int]) -> tuple[list, Exception 
     first: dict[str, list] = {}
     counts: dict[str, int] = {}
     handles = []
-    flags = [(m, m.training) for m in model.modules()]
     modules = [(name, m) for name, m in model.named_modules() if name]
 
     def pre_hook(name: str):
@@ -87,20 +88,22 @@ def _run(model: nn.Module, size: tuple[int, int, int]) -> tuple[list, Exception 
         return hook
 
     error: Exception | None = None
-    try:
-        model.eval()
-        for name, module in modules:
-            handles.append(module.register_forward_pre_hook(pre_hook(name)))
-            handles.append(module.register_forward_hook(post_hook(name)))
-        with torch.no_grad():
-            model(torch.zeros((1, c, h, w), device=device, dtype=dtype))
-    except Exception as exc:  # the probe is best effort: shapes become unknown
-        error = exc
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in flags:
-            module.training = flag
+    with model_lock(model):
+        flags = [(m, m.training) for m in model.modules()]
+        try:
+            model.eval()
+            for name, module in modules:
+                add_hook(handles, module, pre_hook(name), pre=True)
+                add_hook(handles, module, post_hook(name))
+            with torch.no_grad():
+                model(torch.zeros((1, c, h, w), device=device, dtype=dtype))
+        except Exception as exc:  # the probe is best effort: shapes become unknown
+            error = exc
+        finally:
+            for handle in handles:
+                handle.remove()
+            for module, flag in flags:
+                module.training = flag
     records = []
     for name in order:
         module, ins, outs, output = first[name]

@@ -18,6 +18,7 @@ from torch import nn
 from polyviz.errors import LayerError
 from polyviz.protocol import LayerGradients, Objective
 from polyviz_torch._impl import Runner, channels_last, guarded, to_numpy
+from polyviz_torch._threads import add_hook
 
 __all__ = ["replaced_layer_gradients"]
 
@@ -56,7 +57,7 @@ def replaced_layer_gradients(
             # a copy downstream: an in-place op after the layer must not write into the leaf
             return leaf.clone()
 
-        handles.append(module.register_forward_hook(hook))
+        add_hook(handles, module, hook)
         out = runner.call_model(runner.model_input(runner.tensor(x)))
         if calls["n"] == 0:
             raise LayerError(f"layer: {layer!r} did not run in the forward pass for this input")
