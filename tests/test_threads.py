@@ -238,3 +238,13 @@ def test_model_lock_excludes_polyviz_calls_and_is_per_model():
         assert a.training
     worker.join(60)
     assert done.is_set()
+
+
+def test_data_parallel_is_refused_not_silently_wrong():
+    """nn.DataParallel runs its replicas in worker threads, where polyviz's thread-scoped hooks do
+    not act: layer methods would see nothing. It is refused with a pointer to ``model.module``."""
+    from polyviz.errors import CapabilityError
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(CapabilityError, match=r"DataParallel .*model\.module"):
+        TorchBackend(nn.DataParallel(net))

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from polyviz.errors import InputError
+from polyviz.errors import CapabilityError, InputError
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     Backend,
@@ -73,6 +73,13 @@ class TorchBackend(Backend):
         input_shape: tuple[int, int, int] | None = None,
     ) -> None:
         guard_triton()  # torch code paths may import torch._dynamo -> triton; see _compat
+        import torch
+
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            # its replicas run in worker threads, where polyviz hooks do not act (see _threads):
+            # layer methods and backward rules would silently see nothing
+            raise CapabilityError(f"model: {type(model).__name__} is not supported (its replicas run in "
+                                  "worker threads); explain model.module")
         if input_shape is not None:
             try:
                 input_shape = tuple(int(d) for d in input_shape)  # type: ignore[assignment]
