@@ -9,13 +9,13 @@ import numpy as np
 
 from polyviz.errors import InputError, LayerError, TargetError, did_you_mean
 from polyviz.explanation import Explanation
-from polyviz.layout import from_channels_last, to_channels_last
+from polyviz.layout import from_channels_last
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability
 from polyviz.registry import backend_for
 from polyviz.techniques import METHODS, Context, MethodInfo, load_all
 
-__all__ = ["explain", "methods", "default_layer", "method_function", "predict"]
+__all__ = ["explain", "methods", "default_layer", "method_function", "predict", "resolve_targets"]
 
 #: Layer types that only group other layers; a default layer is never one of them.
 CONTAINER_TYPES = {"Sequential", "ModuleList", "ModuleDict", "Functional", "Model"}
@@ -62,9 +62,17 @@ def predict(backend: Backend, x: np.ndarray, batch_size: int | None = None) -> n
 
 
 def _resolve_targets(target: Any, n: int) -> np.ndarray | None:
+    """The form of ``target``: None, or one int64 class index >= 0 per sample (range unchecked)."""
     if target is None:
         return None
-    arr = np.asarray(target)
+    if isinstance(target, str | bytes):
+        raise TargetError(f"target: expected an int, one int per sample ({n}) or None, got {target!r}")
+    try:
+        arr = np.asarray(target)
+    except (TypeError, ValueError):
+        raise TargetError(
+            f"target: expected an int, one int per sample ({n}) or None, got {type(target).__name__}"
+        ) from None
     if arr.ndim == 0:
         arr = np.full(n, arr)
     if arr.ndim != 1 or len(arr) != n:
@@ -73,7 +81,35 @@ def _resolve_targets(target: Any, n: int) -> np.ndarray | None:
         raise TargetError(f"target: expected integer class indices, got {arr.dtype}")
     if (arr < 0).any():
         raise TargetError(f"target: class indices must be >= 0, got {int(arr.min())}")
+    if arr.dtype == np.uint64 and (arr > np.iinfo(np.int64).max).any():
+        raise TargetError(f"target: class index {int(arr.max())} is out of range")
     return arr.astype(np.int64)
+
+
+def resolve_targets(
+    backend: Backend, xs: np.ndarray, target: Any, batch_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One valid class index per sample of the channels-last batch ``xs``, checked once for every
+    method: ``target`` (an int, one int per sample) must be integral and in [0, K) for a model
+    with K outputs; None means the predicted class. Returns (targets, predicted scores or None)."""
+    targets = _resolve_targets(target, len(xs))
+    if targets is None:
+        backend.require(Capability.FORWARD)
+        logits = predict(backend, xs, batch_size)
+        if logits.ndim != 2:
+            raise TargetError(
+                f"target: the model output has shape {logits.shape}, not (N, classes), so there is no "
+                "predicted class; pass target= explicitly"
+            )
+        targets = logits.argmax(axis=-1).astype(np.int64)
+        return targets, logits[np.arange(len(xs)), targets]
+    k = backend.class_count(xs)
+    if (targets >= k).any():
+        bad = int(targets[targets >= k][0])
+        raise TargetError(
+            f"target: class index {bad} is out of range for a model with {k} outputs (expected 0 <= target < {k})"
+        )
+    return targets, None
 
 
 #: Options that hold images (one, or a batch / distribution): given in the caller's layout.
@@ -122,8 +158,7 @@ def explain(
         be.require(capability)
     if layout is None:
         layout = be.native_layout
-    xs, caller_layout = to_channels_last(be.as_numpy(x), layout)
-    xs = be.check_x(xs)
+    xs, caller_layout = be.check_input(x, layout)
     if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
         raise InputError(f"batch_size: expected a positive int or None, got {batch_size!r}")
     options = _options_to_channels_last(options, layout)
@@ -134,13 +169,7 @@ def explain(
             f"{unknown[0]}: not an option of method {method!r}.{did_you_mean(unknown[0], known)} "
             f"Its options: {', '.join(known) or 'none'}"
         )
-    targets = _resolve_targets(target, len(xs))
-    scores = None
-    if targets is None:
-        be.require(Capability.FORWARD)
-        logits = predict(be, xs, batch_size)
-        targets = logits.argmax(axis=-1).astype(np.int64)
-        scores = logits[np.arange(len(xs)), targets]
+    targets, scores = resolve_targets(be, xs, target, batch_size)
     if info.needs_layer:
         layer = default_layer(be) if layer is None else be.check_layers([layer])[0]
     elif layer is not None:

@@ -18,6 +18,8 @@ __all__ = [
     "BackendNotFoundError",
     "ModelError",
     "WeightsNotFoundError",
+    "PolyvizWarning",
+    "InputRangeWarning",
     "did_you_mean",
 ]
 
@@ -52,6 +54,15 @@ class ModelError(PolyvizError):
 
 class WeightsNotFoundError(PolyvizError, FileNotFoundError):
     """A weights file is absent and could not be downloaded."""
+
+
+class PolyvizWarning(UserWarning):
+    """Base class of every warning polyviz gives: the call went ahead, but the input looks wrong."""
+
+
+class InputRangeWarning(PolyvizWarning):
+    """``x`` has values far outside the input range that the declared preprocessing expects
+    (an image in [0, 255] given to a model that expects [0, 1], or an already normalised one)."""
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

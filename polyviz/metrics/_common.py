@@ -60,24 +60,21 @@ def prepare(
     """Resolve the backend (a :class:`Backend` instance is used as it is), bring ``x`` to
     channels-last and fix one target per sample: ``target``, else the explanation's, else the
     predicted class."""
-    from polyviz.api import _resolve_targets, predict
+    from polyviz.api import resolve_targets
     from polyviz.registry import backend_for
 
     be = backend_for(model, backend, preprocess=preprocess)
     layout = layout or be.native_layout
-    xs, _ = to_channels_last(be.as_numpy(x), layout)
-    xs = be.check_x(xs)
+    xs, _ = be.check_input(x, layout)
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size")
     if method is None and attribution is None:
         raise InputError("method: give a method name (method='saliency', ...) or precomputed attributions")
     if method is not None and not isinstance(method, str):
         raise InputError(f"method: expected a method name, got {type(method).__name__}")
-    targets = _resolve_targets(target, len(xs))
-    if targets is None and attribution is not None and getattr(attribution, "target", None) is not None:
-        targets = np.asarray(attribution.target, np.int64)
-    if targets is None:
-        targets = predict(be, xs, batch_size).argmax(axis=-1).astype(np.int64)
+    if target is None and attribution is not None and getattr(attribution, "target", None) is not None:
+        target = attribution.target
+    targets, _ = resolve_targets(be, xs, target, batch_size)
     return Setup(be, xs, targets, layout, method, dict(options), layer, batch_size, int(seed), bool(progress))
 
 
