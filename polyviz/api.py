@@ -15,7 +15,7 @@ from polyviz.protocol import Backend, Capability
 from polyviz.registry import backend_for
 from polyviz.techniques import METHODS, Context, MethodInfo, load_all
 
-__all__ = ["explain", "methods", "default_layer", "method_function", "predict", "resolve_targets"]
+__all__ = ["explain", "methods", "default_layer", "method_function", "predict", "resolve_targets", "check_seed"]
 
 #: Layer types that only group other layers; a default layer is never one of them.
 CONTAINER_TYPES = {"Sequential", "ModuleList", "ModuleDict", "Functional", "Model"}
@@ -59,6 +59,13 @@ def predict(backend: Backend, x: np.ndarray, batch_size: int | None = None) -> n
     """Model outputs for a channels-last batch, in batches."""
     size = max(1, int(batch_size or 32))
     return np.concatenate([backend.forward(x[i : i + size]) for i in range(0, len(x), size)])
+
+
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int >= 0 (what ``numpy.random.default_rng`` takes), or an InputError."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed: expected an int >= 0, got {seed!r}")
+    return int(seed)
 
 
 def _resolve_targets(target: Any, n: int) -> np.ndarray | None:
@@ -159,8 +166,11 @@ def explain(
     if layout is None:
         layout = be.native_layout
     xs, caller_layout = be.check_input(x, layout)
-    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1
+    ):
         raise InputError(f"batch_size: expected a positive int or None, got {batch_size!r}")
+    seed = check_seed(seed)
     options = _options_to_channels_last(options, layout)
     known = info.options
     unknown = [k for k in options if k not in known]
@@ -174,7 +184,7 @@ def explain(
         layer = default_layer(be) if layer is None else be.check_layers([layer])[0]
     elif layer is not None:
         layer = be.check_layers([layer])[0]
-    ctx = Context(be, xs, targets, layer, batch_size, int(seed), bool(progress))
+    ctx = Context(be, xs, targets, layer, batch_size, seed, bool(progress))
     result = info.fn(ctx, **options)
     attribution = np.asarray(result.attribution, dtype=np.float32)
     if info.kind == "input":

@@ -111,17 +111,22 @@ class Capability:
 
 
 def _per_sample(value: Any, n: int, name: str) -> np.ndarray:
-    """Broadcast an int or a sequence of ints to one int per sample, checking the length."""
-    arr = np.asarray(value)
+    """Broadcast an int or a sequence of ints to one int per sample, checking the length and that
+    the values are integers (integral floats pass; None, strings, bools and fractions do not)."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        raise TargetError(f"{name}: expected an int or one int per sample ({n}), got {type(value).__name__}") from None
+    if arr.dtype.kind not in "iuf":
+        raise TargetError(f"{name}: expected an int or one int per sample ({n}), got {value!r:.60}")
     if arr.ndim == 0:
-        arr = np.full(n, int(arr), dtype=np.int64)
+        arr = np.full(n, arr)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise TargetError(
             f"{name}: expected an int or one int per sample ({n}), got shape {arr.shape}"
         )
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise TargetError(f"{name}: expected integers, got {arr.dtype} values {arr[:4]}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & np.equal(np.mod(arr, 1), 0)):
+        raise TargetError(f"{name}: expected integers, got {arr.dtype} values {arr[:4]}")
     return arr.astype(np.int64)
 
 
@@ -980,6 +985,12 @@ class Backend(ABC):
                 f"{name}: expected a channels-last batch of rank 4 (N, H, W, C), got rank "
                 f"{arr.ndim} with shape {arr.shape}"
             )
+        if arr.shape[0] == 0:
+            raise InputError(f"{name}: the batch is empty")
+        if 0 in arr.shape[1:]:
+            raise InputError(
+                f"{name}: expected non-empty images, got (height, width, channels) = {tuple(arr.shape[1:])}"
+            )
         if expected is not None:
             c = expected[-1]
             if arr.shape[-1] != c:
@@ -994,8 +1005,6 @@ class Backend(ABC):
                 raise InputError(
                     f"{name}: expected spatial size {h}x{w} for this model, got {arr.shape[1]}x{arr.shape[2]}"
                 )
-        if arr.shape[0] == 0:
-            raise InputError(f"{name}: the batch is empty")
         if not np.all(np.isfinite(arr)):
             bad = "NaN" if np.isnan(arr).any() else "infinite"
             raise InputError(f"{name}: contains {bad} values")

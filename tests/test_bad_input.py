@@ -255,3 +255,32 @@ def test_lrp_options_are_validated_in_every_backend(bk, options, name):
     with pytest.raises(InputError) as exc:
         polyviz.explain(model_of(bk), native(bk, images(1)), "lrp", target=0, progress=False, **options)
     assert one_line(exc).startswith(f"{name}: "), str(exc.value)
+
+
+# ---- found by tests/test_properties.py ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [-1, "1", 1.5, None, True], ids=["negative", "str", "float", "none", "bool"])
+def test_a_bad_seed_is_refused_by_name(bk, seed):
+    """Was a bare ValueError from numpy (-1, "1") or silently truncated (1.5)."""
+    with pytest.raises(InputError) as exc:
+        polyviz.explain(model_of(bk), native(bk, images(1)), "smoothgrad", target=0, seed=seed, n_samples=2,
+                        progress=False)
+    assert one_line(exc).startswith("seed: expected an int >= 0")
+
+
+@pytest.mark.parametrize("shape", [(1, 12, 0, 3), (1, 0, 12, 3)])
+def test_an_image_with_no_pixels_is_refused(bk, shape):
+    """Was a bare ValueError (min of an empty array) or a framework error."""
+    x = native(bk, np.zeros(shape, np.float32))
+    with pytest.raises(InputError) as exc:
+        polyviz.explain(model_of(bk), x, "saliency", target=0, preprocess="torchvision")
+    assert one_line(exc).startswith("x: expected non-empty images")
+
+
+@pytest.mark.parametrize("channel", [None, "4", 1.5, True], ids=["none", "str", "fraction", "bool"])
+def test_a_malformed_channel_is_refused(bk, channel):
+    """layer_guided_backprop's channel=None was a bare TypeError; "4" and 1.5 were silently read as 4 and 1."""
+    with pytest.raises(TargetError) as exc:
+        polyviz.explain(model_of(bk), native(bk, images(1)), "layer_guided_backprop", channel=channel, progress=False)
+    assert one_line(exc).startswith("channel: expected")

@@ -60,7 +60,7 @@ def prepare(
     """Resolve the backend (a :class:`Backend` instance is used as it is), bring ``x`` to
     channels-last and fix one target per sample: ``target``, else the explanation's, else the
     predicted class."""
-    from polyviz.api import resolve_targets
+    from polyviz.api import check_seed, resolve_targets
     from polyviz.registry import backend_for
 
     be = backend_for(model, backend, preprocess=preprocess)
@@ -75,7 +75,7 @@ def prepare(
     if target is None and attribution is not None and getattr(attribution, "target", None) is not None:
         target = attribution.target
     targets, _ = resolve_targets(be, xs, target, batch_size)
-    return Setup(be, xs, targets, layout, method, dict(options), layer, batch_size, int(seed), bool(progress))
+    return Setup(be, xs, targets, layout, method, dict(options), layer, batch_size, check_seed(seed), bool(progress))
 
 
 def explain_fn(setup: Setup) -> Any:
