@@ -154,10 +154,16 @@ def explain(
 ) -> Explanation:
     """Explain the model's decision on ``x`` with ``method`` (see :func:`methods`).
 
-    ``x``: a numpy array or framework tensor, one image or a batch, in the model's native layout
-    (NCHW for torch, NHWC for Keras) unless ``layout=`` says otherwise. ``target``: int, one int per
-    sample, or None for the predicted class. ``layer``: a layer name, or None for the last layer
-    with a spatial map. Returns raw, signed float32 values in an :class:`Explanation`.
+    ``x``: a float numpy array or framework tensor, one image or a batch, in the model's native
+    layout (NCHW for torch, NHWC for Keras) unless ``layout=`` says otherwise. Integer (e.g. uint8)
+    and bool arrays are refused rather than guessed at: convert them, e.g. ``x.astype("float32") /
+    255`` for a model that expects [0, 1]. When the preprocessing declares its input range
+    (``preprocess="torchvision"`` is [0, 1]) and x lies far outside it, one
+    :class:`~polyviz.errors.InputRangeWarning` is given. ``target``: an int or one int per sample,
+    each in [0, number of outputs), or None for the predicted class; checked once, before any
+    method work. ``layer``: a layer name, or None for the last layer with a spatial map. Returns
+    raw, signed float32 values in an :class:`Explanation`. Every bad argument raises a
+    :class:`~polyviz.errors.PolyvizError` whose one-line message names it.
     """
     info = _method_info(method)
     be = backend_for(model, backend, preprocess=preprocess)

@@ -13,11 +13,13 @@ that a backend implements.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import warnings
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -548,6 +550,23 @@ def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> No
             )
 
 
+#: True while a public call that has already checked (and warned about) the caller's x runs
+#: further public calls on copies of it (a metric re-explaining perturbed inputs).
+_RANGE_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("polyviz_range_checked", default=False)
+
+
+@contextlib.contextmanager
+def range_already_checked() -> Iterator[None]:
+    """Within this block :meth:`Backend.check_input` gives no :class:`InputRangeWarning`: the
+    caller has checked the range once already, so that one public call warns at most once.
+    Thread- and task-local (a context variable)."""
+    token = _RANGE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_CHECKED.reset(token)
+
+
 # --------------------------------------------------------------------------------------------
 # The backend base class
 # --------------------------------------------------------------------------------------------
@@ -878,7 +897,7 @@ class Backend(ABC):
             arr = arr.astype(np.float32, copy=False)
         xs, caller = to_channels_last(arr, layout)
         xs = self.check_x(xs, name)
-        if range_warning:
+        if range_warning and not _RANGE_CHECKED.get():
             self._check_range(xs, name)
         return xs, caller
 

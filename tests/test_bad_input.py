@@ -139,6 +139,17 @@ def test_values_far_outside_the_declared_range_warn_once_per_call(bk):
         polyviz.explain(model, x, "saliency", target=0)  # no preprocessing declared: no range to check
 
 
+def test_a_metric_that_re_explains_perturbed_copies_warns_once(bk):
+    """max_sensitivity explains x and n perturbed copies of it: one warning about x, not n + 1."""
+    from polyviz.metrics import max_sensitivity
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        max_sensitivity(model_of(bk), native(bk, images(1, scale=255)), 0, method="saliency", n_perturb_samples=3,
+                        preprocess="torchvision", progress=False)
+    assert len([w for w in caught if issubclass(w.category, InputRangeWarning)]) == 1
+
+
 # ---- targets -------------------------------------------------------------------------------------
 
 

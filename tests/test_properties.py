@@ -246,7 +246,7 @@ def option_value(draw, valid: bool, name: str, default, layout: str, shape, laye
 
 
 @st.composite
-def calls(draw, backend: str, layers: list[str]):
+def calls(draw, backend: str, layers: list[str], spatial: list[str]):
     """One public call: (valid, method, x, kwargs, expected layout, batched, (n, h, w, c))."""
     valid = draw(st.booleans())
     method = draw(st.sampled_from(METHOD_NAMES))
@@ -266,6 +266,8 @@ def calls(draw, backend: str, layers: list[str]):
     kwargs["target"] = target
     if not valid and draw(st.booleans()):
         kwargs["layer"] = draw(st.sampled_from([*layers, "nope", 3]))
+    elif valid and info["needs_layer"] and method != "cam" and draw(st.booleans()):  # CAM: the layer before GAP
+        kwargs["layer"] = draw(st.sampled_from(spatial))
     if draw(st.integers(0, 3)) == 0:
         kwargs["batch_size"] = pick(draw, valid, [1, 2, 3], [0, True, 2.0])
     if draw(st.integers(0, 4)) == 0:
@@ -273,7 +275,7 @@ def calls(draw, backend: str, layers: list[str]):
         kwargs["preprocess"] = draw(st.sampled_from(choices))
     for name, default in info["options"].items():
         if name == "neuron" and valid:
-            kwargs[name] = option_value(draw, True, name, default, layout, shape, layers)
+            kwargs[name] = (0, 0, 0) if "layer" in kwargs else option_value(draw, True, name, default, layout, shape, layers)
         elif name in ("window", "patch_size") and valid and min(shape[1:3]) < 16:
             kwargs[name] = 4 if name == "window" else 2
         elif draw(st.integers(0, 2)) == 0:
@@ -337,8 +339,10 @@ def check_explanation(e, method: str, layout: str, batched: bool, shape) -> None
 @SETTINGS
 @given(data=st.data())
 def test_every_call_gives_an_explanation_or_a_one_line_polyviz_error(backend, data):
-    layers = polyviz.backend_for(model_for(backend)).layer_names()  # built outside the strategies
-    valid, method, x, kwargs, layout, batched, shape = data.draw(calls(backend, layers))
+    be = polyviz.backend_for(model_for(backend))  # built outside the strategies
+    layers = be.layer_names()
+    spatial = [info.name for info in be.layers() if info.spatial and info.type not in ("Sequential", "Functional")]
+    valid, method, x, kwargs, layout, batched, shape = data.draw(calls(backend, layers, spatial))
     kwargs["_via_function"] = data.draw(st.booleans())
     check_call(backend, valid, method, x, kwargs, layout, batched, shape)
 

@@ -12,7 +12,7 @@ import numpy as np
 from polyviz.errors import InputError
 from polyviz.layout import to_channels_last
 from polyviz.preprocess import Preprocess
-from polyviz.protocol import Backend
+from polyviz.protocol import Backend, range_already_checked
 
 __all__ = ["Setup", "prepare", "attributions", "explain_fn", "as_map", "softmax", "batched_forward", "chunks",
            "check_positive_int"]
@@ -86,8 +86,9 @@ def explain_fn(setup: Setup) -> Any:
         raise InputError("method: this metric recomputes explanations at new inputs; give a method name")
 
     def run(x: np.ndarray, targets: np.ndarray, backend: Backend | None = None) -> np.ndarray:
-        e = explain(backend or setup.backend, x, setup.method, target=targets, layer=setup.layer,
-                    batch_size=setup.batch_size, seed=setup.seed, progress=False, layout="NHWC", **setup.options)
+        with range_already_checked():  # prepare() warned once about the caller's x
+            e = explain(backend or setup.backend, x, setup.method, target=targets, layer=setup.layer,
+                        batch_size=setup.batch_size, seed=setup.seed, progress=False, layout="NHWC", **setup.options)
         return np.asarray(e.attribution, np.float32)
 
     return run
