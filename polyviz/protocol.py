@@ -975,7 +975,11 @@ class Backend(ABC):
 
     def class_count(self, x: np.ndarray) -> int:
         """The size of the model output's class axis (its last axis) for inputs shaped like the
-        channels-last batch ``x``: one forward pass of one sample, cached per input size."""
+        channels-last batch ``x``: :meth:`_static_class_count` where the backend knows it without
+        running the model, else one forward pass of one sample, cached per input size."""
+        static = self._static_class_count()
+        if static is not None:
+            return int(static)
         key = tuple(x.shape[1:])
         cache = self._class_counts
         if key not in cache:
@@ -1101,6 +1105,11 @@ class Backend(ABC):
     # ---- framework hooks -------------------------------------------------------------------
     @abstractmethod
     def _forward(self, x: np.ndarray) -> np.ndarray: ...
+
+    def _static_class_count(self) -> int | None:
+        """The output's class count when the model declares it (a static output shape), else
+        None (then :meth:`class_count` runs one sample)."""
+        return None
 
     def _input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
         raise NotImplementedError
