@@ -373,3 +373,47 @@ def test_every_method_on_valid_input_gives_a_valid_explanation(backend, data):
     e = polyviz.explain(model, x, method, **kwargs)
     check_explanation(e, method, layout, True, (n, *size, 3))
     same_state(before, cls.state_fingerprint(model))
+
+
+BAD_NUMBERS = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64), st.integers(-3, 3),
+    st.sampled_from([True, "1", None, (0.0, 1.0), [0.0, 0.5, 1.0], np.float32(-0.5), []]),
+)
+
+
+def mostly(*good):
+    """Usually one of ``good``, sometimes anything (numbers of every kind, and non-numbers)."""
+    return st.one_of(st.sampled_from(good), st.sampled_from(good), st.sampled_from(good), BAD_NUMBERS)
+
+
+@SETTINGS
+@given(name=st.sampled_from(["zero", "epsilon", "gamma", "alpha_beta", "zbox", "epsilon", "z+"]),
+       epsilon=mostly(1e-6, 0.25, np.float32(1.0)), gamma=mostly(0.0, 0.25, 1), alpha=mostly(1.0, 2, 3.0),
+       beta_offset=st.sampled_from([1.0, 1.0, 1.0, 0.5, 0.0]), low=mostly(0.0, -2.0, (0.0, -1.0, 0.5)),
+       high=mostly(1.0, 255, (1.0, 2.0, 3.0)))
+def test_an_lrp_rule_is_valid_or_refused_by_name(name, epsilon, gamma, alpha, beta_offset, low, high):
+    """Any parameters: either an LRPRule whose numbers obey the LRP bounds (epsilon > 0, gamma >= 0,
+    alpha >= 1, beta >= 0, alpha - beta = 1, low < high, all finite floats), or a one-line
+    InputError that starts with the parameter's name."""
+    from polyviz.errors import InputError
+    from polyviz.protocol import LRPRule
+
+    try:
+        beta = alpha - beta_offset  # usually alpha - 1, the conserving choice
+    except TypeError:
+        beta = alpha
+    try:
+        rule = LRPRule(name, epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta, low=low, high=high)
+    except InputError as exc:
+        text = str(exc)
+        assert "\n" not in text and text.split(":")[0] in ("rule", "epsilon", "gamma", "alpha", "beta", "low", "high")
+        event(f"refused: {text.split(':')[0]}")
+        return
+    event("valid")
+    for value in (rule.epsilon, rule.gamma, rule.alpha, rule.beta):
+        assert type(value) is float and np.isfinite(value)
+    assert rule.epsilon > 0 and rule.gamma >= 0 and rule.alpha >= 1 and rule.beta >= 0
+    assert abs(rule.alpha - rule.beta - 1) <= 1e-9 * max(1.0, rule.alpha)
+    lows, highs = np.atleast_1d(rule.low), np.atleast_1d(rule.high)
+    assert np.isfinite(lows).all() and np.isfinite(highs).all() and (lows < highs).all()
+    hash(rule)
