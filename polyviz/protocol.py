@@ -518,6 +518,11 @@ def check_output_objective(objective: Any, output_shape: Sequence[int]) -> None:
             )
 
 
+def _fits(shape: Sequence[int], declared: Sequence[int | None]) -> bool:
+    """True when ``shape`` matches ``declared``, where a None dimension (dynamic) matches any size."""
+    return len(shape) == len(declared) and all(d is None or int(s) == int(d) for s, d in zip(shape, declared))
+
+
 def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> None:
     """Check a layer objective's channel / index against that layer's output shape."""
     if isinstance(objective, ChannelMean):
@@ -531,7 +536,7 @@ def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> No
             )
     elif isinstance(objective, Neuron):
         index = tuple(objective.index)
-        if len(index) != len(shape) or any(not 0 <= i < s for i, s in zip(index, shape)):
+        if len(index) != len(shape) or any(not 0 <= i < (s if s is not None else i + 1) for i, s in zip(index, shape)):
             raise TargetError(
                 f"neuron: index {index} does not fit layer {objective.layer!r} of shape {shape}"
             )
@@ -543,7 +548,7 @@ def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> No
             )
     elif isinstance(objective, LayerDistance):
         ref = np.asarray(objective.reference)
-        if ref.shape != shape and ref.shape != (n, *shape):
+        if not _fits(ref.shape, shape) and not _fits(ref.shape, (n, *shape)):
             raise InputError(
                 f"reference: shape {ref.shape} does not match layer {objective.layer!r} "
                 f"output {shape}"
@@ -784,7 +789,7 @@ class Backend(ABC):
         activation = np.asarray(activation, dtype=np.float32)
         shape = self.layer_info(layer).output_shape
         if activation.ndim < 1 or activation.shape[0] != len(x) or (
-            shape is not None and tuple(activation.shape[1:]) != tuple(shape)
+            shape is not None and not _fits(activation.shape[1:], shape)
         ):
             raise InputError(
                 f"activation: expected one activation of layer {layer!r} per sample, shape "

@@ -82,9 +82,25 @@ def keras_model():
     return keras.Model(inp, out)
 
 
+def keras_dynamic_model():
+    """The Keras net with a dynamic input size, Input((None, None, 3)): layer shapes are known only
+    for a given x."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((None, None, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inp)
+    h = keras.layers.MaxPooling2D(2, name="pool1")(h)
+    h = keras.layers.Conv2D(6, 3, padding="same", name="conv2")(h)
+    h = keras.layers.ReLU(name="relu2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    out = keras.layers.Dense(CLASSES, name="fc")(h)
+    return keras.Model(inp, out)
+
+
 def model_for(backend: str):
     if backend not in _models:
-        _models[backend] = torch_model() if backend == "torch" else keras_model()
+        _models[backend] = {"torch": torch_model, "keras": keras_model, "keras-dynamic": keras_dynamic_model}[backend]()
     return _models[backend]
 
 
@@ -373,6 +389,25 @@ def test_every_method_on_valid_input_gives_a_valid_explanation(backend, data):
     e = polyviz.explain(model, x, method, **kwargs)
     check_explanation(e, method, layout, True, (n, *size, 3))
     same_state(before, cls.state_fingerprint(model))
+
+
+@pytest.mark.parametrize("backend", [p for p in ALL if p.values == ("keras",)])
+@settings(SETTINGS, max_examples=min(EXAMPLES, 30))
+@given(data=st.data())
+def test_a_keras_model_with_a_dynamic_input_size_explains_every_method(backend, data):
+    """Input((None, None, 3)): layer methods learn the layer's size from x (they refused with 'the
+    output shape of ... is unknown' before), at any input size."""
+    model = model_for("keras-dynamic")
+    method = data.draw(st.sampled_from(METHOD_NAMES))
+    n = 2 if method == "feature_permutation" else 1
+    size = data.draw(st.sampled_from([(12, 12), (16, 8)]))
+    x = np.random.default_rng(0).uniform(size=(n, *size, 3)).astype(np.float32)
+    kwargs = {k: v for k, v in {**CHEAP, "patch_size": 4, "window": (4, 4), "stride": (4, 4), "grid": 3,
+                                "n_segments": 8, "neuron": (0, 0, 0)}.items() if k in METHODS[method]["options"]}
+    before = backend_class("keras").state_fingerprint(model)
+    e = polyviz.explain(model, x, method, target=1, progress=False, **kwargs)
+    check_explanation(e, method, "NHWC", True, (n, *size, 3))
+    same_state(before, backend_class("keras").state_fingerprint(model))
 
 
 BAD_NUMBERS = st.one_of(
