@@ -123,16 +123,32 @@ def resolve_targets(
 IMAGE_OPTIONS = ("baseline", "baselines")
 
 
-def _options_to_channels_last(options: dict[str, Any], layout: str) -> dict[str, Any]:
-    """Image-valued options (baselines) arrive in the caller's layout; techniques work channels-last."""
-    if layout != "NCHW":
-        return options
+def _image_options(backend: Backend, options: dict[str, Any], layout: str) -> dict[str, Any]:
+    """Image-valued options (baselines) arrive in the caller's layout, as numbers, arrays or
+    framework tensors; techniques get a float or a float32 channels-last array. Checked here once
+    for every method: strings, bools and integer or non-numeric arrays are refused by name."""
     out = dict(options)
     for name in IMAGE_OPTIONS:
         value = out.get(name)
-        if value is not None and np.ndim(value) >= 3:
-            arr = np.asarray(value, dtype=np.float32)
-            out[name] = np.moveaxis(arr, -3, -1)  # (..., C, H, W) -> (..., H, W, C)
+        if value is None:
+            continue
+        expected = "a number or a float image array"
+        if isinstance(value, bool | np.bool_ | str | bytes):
+            raise InputError(f"{name}: expected {expected}, got {value!r:.60}")
+        try:
+            arr = backend.as_numpy(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"{name}: expected {expected}, got a {type(value).__name__}") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf" or (arr.ndim and arr.dtype.kind != "f"):
+            what = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(value).__name__
+            raise InputError(f"{name}: expected {expected}, got {what}; convert it to float in x's range")
+        if arr.ndim == 0:
+            out[name] = float(arr)
+            continue
+        arr = arr.astype(np.float32, copy=False)
+        if layout == "NCHW" and arr.ndim >= 3:
+            arr = np.moveaxis(arr, -3, -1)  # (..., C, H, W) -> (..., H, W, C)
+        out[name] = arr
     return out
 
 
@@ -177,7 +193,7 @@ def explain(
     ):
         raise InputError(f"batch_size: expected a positive int or None, got {batch_size!r}")
     seed = check_seed(seed)
-    options = _options_to_channels_last(options, layout)
+    options = _image_options(be, options, layout)
     known = info.options
     unknown = [k for k in options if k not in known]
     if unknown:

@@ -295,3 +295,27 @@ def test_a_malformed_channel_is_refused(bk, channel):
     with pytest.raises(TargetError) as exc:
         polyviz.explain(model_of(bk), native(bk, images(1)), "layer_guided_backprop", channel=channel, progress=False)
     assert one_line(exc).startswith("channel: expected")
+
+
+@pytest.mark.parametrize("method, option", [("integrated_gradients", "baseline"), ("gradient_shap", "baselines"),
+                                            ("occlusion", "baseline"), ("feature_ablation", "baseline")])
+@pytest.mark.parametrize("value, words", [("black", "got 'black'"), (True, "got True"),
+                                          ("int-image", "dtype int64"), ({"a": 1}, "dtype object")],
+                         ids=["str", "bool", "int-image", "dict"])
+def test_a_bad_baseline_is_refused_by_name_for_every_method_that_takes_one(bk, method, option, value, words):
+    """baselines='black' was a bare ValueError ('could not convert string to float')."""
+    x = native(bk, images(1))
+    if isinstance(value, str) and value == "int-image":
+        value = np.zeros(x.shape[1:], np.int64)
+    with pytest.raises(InputError) as exc:
+        polyviz.explain(model_of(bk), x, method, target=0, progress=False, **{option: value})
+    text = one_line(exc)
+    assert text.startswith(f"{option}: expected a number or a float image array") and words in text, text
+
+
+def test_base_options_must_be_a_mapping(bk):
+    """smoothgrad's base_options='x' was a bare ValueError from dict('x')."""
+    with pytest.raises(InputError) as exc:
+        polyviz.explain(model_of(bk), native(bk, images(1)), "smoothgrad", target=0, n_samples=2, base_options="x",
+                        progress=False)
+    assert one_line(exc).startswith("base_options: expected a dict")
