@@ -9,13 +9,13 @@ import numpy as np
 
 from polyviz.errors import InputError, LayerError, TargetError, did_you_mean
 from polyviz.explanation import Explanation
-from polyviz.layout import from_channels_last, to_channels_last
+from polyviz.layout import from_channels_last
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability
 from polyviz.registry import backend_for
 from polyviz.techniques import METHODS, Context, MethodInfo, load_all
 
-__all__ = ["explain", "methods", "default_layer", "method_function", "predict"]
+__all__ = ["explain", "methods", "default_layer", "method_function", "predict", "resolve_targets", "check_seed"]
 
 #: Layer types that only group other layers; a default layer is never one of them.
 CONTAINER_TYPES = {"Sequential", "ModuleList", "ModuleDict", "Functional", "Model"}
@@ -61,10 +61,25 @@ def predict(backend: Backend, x: np.ndarray, batch_size: int | None = None) -> n
     return np.concatenate([backend.forward(x[i : i + size]) for i in range(0, len(x), size)])
 
 
+def check_seed(seed: Any) -> int:
+    """``seed`` as an int >= 0 (what ``numpy.random.default_rng`` takes), or an InputError."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"seed: expected an int >= 0, got {seed!r}")
+    return int(seed)
+
+
 def _resolve_targets(target: Any, n: int) -> np.ndarray | None:
+    """The form of ``target``: None, or one int64 class index >= 0 per sample (range unchecked)."""
     if target is None:
         return None
-    arr = np.asarray(target)
+    if isinstance(target, str | bytes):
+        raise TargetError(f"target: expected an int, one int per sample ({n}) or None, got {target!r}")
+    try:
+        arr = np.asarray(target)
+    except (TypeError, ValueError):
+        raise TargetError(
+            f"target: expected an int, one int per sample ({n}) or None, got {type(target).__name__}"
+        ) from None
     if arr.ndim == 0:
         arr = np.full(n, arr)
     if arr.ndim != 1 or len(arr) != n:
@@ -73,23 +88,67 @@ def _resolve_targets(target: Any, n: int) -> np.ndarray | None:
         raise TargetError(f"target: expected integer class indices, got {arr.dtype}")
     if (arr < 0).any():
         raise TargetError(f"target: class indices must be >= 0, got {int(arr.min())}")
+    if arr.dtype == np.uint64 and (arr > np.iinfo(np.int64).max).any():
+        raise TargetError(f"target: class index {int(arr.max())} is out of range")
     return arr.astype(np.int64)
+
+
+def resolve_targets(
+    backend: Backend, xs: np.ndarray, target: Any, batch_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One valid class index per sample of the channels-last batch ``xs``, checked once for every
+    method: ``target`` (an int, one int per sample) must be integral and in [0, K) for a model
+    with K outputs; None means the predicted class. Returns (targets, predicted scores or None)."""
+    targets = _resolve_targets(target, len(xs))
+    if targets is None:
+        backend.require(Capability.FORWARD)
+        logits = predict(backend, xs, batch_size)
+        if logits.ndim != 2:
+            raise TargetError(
+                f"target: the model output has shape {logits.shape}, not (N, classes), so there is no "
+                "predicted class; pass target= explicitly"
+            )
+        targets = logits.argmax(axis=-1).astype(np.int64)
+        return targets, logits[np.arange(len(xs)), targets]
+    k = backend.class_count(xs)
+    if (targets >= k).any():
+        bad = int(targets[targets >= k][0])
+        raise TargetError(
+            f"target: class index {bad} is out of range for a model with {k} outputs (expected 0 <= target < {k})"
+        )
+    return targets, None
 
 
 #: Options that hold images (one, or a batch / distribution): given in the caller's layout.
 IMAGE_OPTIONS = ("baseline", "baselines")
 
 
-def _options_to_channels_last(options: dict[str, Any], layout: str) -> dict[str, Any]:
-    """Image-valued options (baselines) arrive in the caller's layout; techniques work channels-last."""
-    if layout != "NCHW":
-        return options
+def _image_options(backend: Backend, options: dict[str, Any], layout: str) -> dict[str, Any]:
+    """Image-valued options (baselines) arrive in the caller's layout, as numbers, arrays or
+    framework tensors; techniques get a float or a float32 channels-last array. Checked here once
+    for every method: strings, bools and integer or non-numeric arrays are refused by name."""
     out = dict(options)
     for name in IMAGE_OPTIONS:
         value = out.get(name)
-        if value is not None and np.ndim(value) >= 3:
-            arr = np.asarray(value, dtype=np.float32)
-            out[name] = np.moveaxis(arr, -3, -1)  # (..., C, H, W) -> (..., H, W, C)
+        if value is None:
+            continue
+        expected = "a number or a float image array"
+        if isinstance(value, bool | np.bool_ | str | bytes):
+            raise InputError(f"{name}: expected {expected}, got {value!r:.60}")
+        try:
+            arr = backend.as_numpy(value)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"{name}: expected {expected}, got a {type(value).__name__}") from None
+        if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf" or (arr.ndim and arr.dtype.kind != "f"):
+            what = f"dtype {arr.dtype}" if isinstance(arr, np.ndarray) else type(value).__name__
+            raise InputError(f"{name}: expected {expected}, got {what}; convert it to float in x's range")
+        if arr.ndim == 0:
+            out[name] = float(arr)
+            continue
+        arr = arr.astype(np.float32, copy=False)
+        if layout == "NCHW" and arr.ndim >= 3:
+            arr = np.moveaxis(arr, -3, -1)  # (..., C, H, W) -> (..., H, W, C)
+        out[name] = arr
     return out
 
 
@@ -111,10 +170,16 @@ def explain(
 ) -> Explanation:
     """Explain the model's decision on ``x`` with ``method`` (see :func:`methods`).
 
-    ``x``: a numpy array or framework tensor, one image or a batch, in the model's native layout
-    (NCHW for torch, NHWC for Keras) unless ``layout=`` says otherwise. ``target``: int, one int per
-    sample, or None for the predicted class. ``layer``: a layer name, or None for the last layer
-    with a spatial map. Returns raw, signed float32 values in an :class:`Explanation`.
+    ``x``: a float numpy array or framework tensor, one image or a batch, in the model's native
+    layout (NCHW for torch, NHWC for Keras) unless ``layout=`` says otherwise. Integer (e.g. uint8)
+    and bool arrays are refused rather than guessed at: convert them, e.g. ``x.astype("float32") /
+    255`` for a model that expects [0, 1]. When the preprocessing declares its input range
+    (``preprocess="torchvision"`` is [0, 1]) and x lies far outside it, one
+    :class:`~polyviz.errors.InputRangeWarning` is given. ``target``: an int or one int per sample,
+    each in [0, number of outputs), or None for the predicted class; checked once, before any
+    method work. ``layer``: a layer name, or None for the last layer with a spatial map. Returns
+    raw, signed float32 values in an :class:`Explanation`. Every bad argument raises a
+    :class:`~polyviz.errors.PolyvizError` whose one-line message names it.
     """
     info = _method_info(method)
     be = backend_for(model, backend, preprocess=preprocess)
@@ -122,11 +187,13 @@ def explain(
         be.require(capability)
     if layout is None:
         layout = be.native_layout
-    xs, caller_layout = to_channels_last(be.as_numpy(x), layout)
-    xs = be.check_x(xs)
-    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+    xs, caller_layout = be.check_input(x, layout)
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1
+    ):
         raise InputError(f"batch_size: expected a positive int or None, got {batch_size!r}")
-    options = _options_to_channels_last(options, layout)
+    seed = check_seed(seed)
+    options = _image_options(be, options, layout)
     known = info.options
     unknown = [k for k in options if k not in known]
     if unknown:
@@ -134,18 +201,12 @@ def explain(
             f"{unknown[0]}: not an option of method {method!r}.{did_you_mean(unknown[0], known)} "
             f"Its options: {', '.join(known) or 'none'}"
         )
-    targets = _resolve_targets(target, len(xs))
-    scores = None
-    if targets is None:
-        be.require(Capability.FORWARD)
-        logits = predict(be, xs, batch_size)
-        targets = logits.argmax(axis=-1).astype(np.int64)
-        scores = logits[np.arange(len(xs)), targets]
+    targets, scores = resolve_targets(be, xs, target, batch_size)
     if info.needs_layer:
         layer = default_layer(be) if layer is None else be.check_layers([layer])[0]
     elif layer is not None:
         layer = be.check_layers([layer])[0]
-    ctx = Context(be, xs, targets, layer, batch_size, int(seed), bool(progress))
+    ctx = Context(be, xs, targets, layer, batch_size, seed, bool(progress))
     result = info.fn(ctx, **options)
     attribution = np.asarray(result.attribution, dtype=np.float32)
     if info.kind == "input":

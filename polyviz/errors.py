@@ -19,6 +19,8 @@ __all__ = [
     "ModelError",
     "UntrustedFileError",
     "WeightsNotFoundError",
+    "PolyvizWarning",
+    "InputRangeWarning",
     "did_you_mean",
 ]
 
@@ -58,6 +60,15 @@ class UntrustedFileError(ModelError):
 
 class WeightsNotFoundError(PolyvizError, FileNotFoundError):
     """A weights file is absent and could not be downloaded."""
+
+
+class PolyvizWarning(UserWarning):
+    """Base class of every warning polyviz gives: the call went ahead, but the input looks wrong."""
+
+
+class InputRangeWarning(PolyvizWarning):
+    """``x`` has values far outside the input range that the declared preprocessing expects
+    (an image in [0, 255] given to a model that expects [0, 1], or an already normalised one)."""
 
 
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from polyviz.errors import InputError, LayerError
-from polyviz.layout import to_channels_last
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability, LayerInfo
 from polyviz.registry import backend_for
@@ -174,8 +173,7 @@ def activations(
     """
     be = _backend(model, backend, preprocess)
     be.require(Capability.LAYER_ACTIVATIONS)
-    xs, _ = to_channels_last(be.as_numpy(x), be.native_layout if layout is None else layout)
-    xs = be.check_x(xs)
+    xs, _ = be.check_input(x, layout)
     names = be.check_layers([layers] if isinstance(layers, str) else list(layers))
     out = be.layer_activations(xs, names)
     return {name: np.asarray(out[name], np.float32) for name in names}

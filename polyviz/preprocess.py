@@ -24,17 +24,29 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 class Preprocess:
     """Per-channel affine preprocessing: scale, optional RGB->BGR flip, then (x - mean) / std.
 
-    ``mean`` and ``std`` are given in the model's channel order (after the flip).
+    ``mean`` and ``std`` are given in the model's channel order (after the flip). ``input_range``:
+    the largest value of the caller's images (they lie in [0, input_range]) where it is known; the
+    presets declare it, and :func:`polyviz.explain` warns (:class:`~polyviz.errors.InputRangeWarning`)
+    when ``x`` lies far outside it. None: not declared, no check.
     """
 
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     scale: float = 1.0
     channel_order: str = "RGB"
+    input_range: float | None = None
 
     def __post_init__(self) -> None:
         if self.channel_order not in ("RGB", "BGR"):
             raise InputError(f"channel_order: expected 'RGB' or 'BGR', got {self.channel_order!r}")
+        if self.input_range is not None:
+            try:
+                value = float(self.input_range)
+            except (TypeError, ValueError):
+                value = float("nan")
+            if isinstance(self.input_range, bool) or not (np.isfinite(value) and value > 0):
+                raise InputError(f"input_range: expected a finite number > 0 or None, got {self.input_range!r}")
+            object.__setattr__(self, "input_range", value)
         object.__setattr__(self, "mean", tuple(float(m) for m in np.atleast_1d(self.mean)))
         object.__setattr__(self, "std", tuple(float(s) for s in np.atleast_1d(self.std)))
         if any(s == 0 for s in self.std):
@@ -43,13 +55,14 @@ class Preprocess:
     @classmethod
     def torchvision(cls, input_range: float = 1.0) -> Preprocess:
         """torchvision ImageNet models: RGB in [0, input_range] -> ImageNet mean/std normalised."""
-        return cls(TORCHVISION_MEAN, TORCHVISION_STD, scale=1.0 / float(input_range))
+        return cls(TORCHVISION_MEAN, TORCHVISION_STD, scale=1.0 / float(input_range), input_range=input_range)
 
     @classmethod
     def caffe(cls, input_range: float = 255.0) -> Preprocess:
         """Keras ``vgg16.preprocess_input`` ('caffe'): RGB in [0, input_range] -> BGR, [0, 255],
         ImageNet mean subtracted, no scaling by std."""
-        return cls(CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), scale=255.0 / float(input_range), channel_order="BGR")
+        return cls(CAFFE_MEAN_BGR, (1.0, 1.0, 1.0), scale=255.0 / float(input_range), channel_order="BGR",
+                   input_range=input_range)
 
     @classmethod
     def named(cls, name: str | Preprocess | None, input_range: float | None = None) -> Preprocess | None:
@@ -76,6 +89,7 @@ class Preprocess:
         return (x - mean) / std
 
     def describe(self) -> dict[str, object]:
-        return {"mean": self.mean, "std": self.std, "scale": self.scale, "channel_order": self.channel_order}
+        return {"mean": self.mean, "std": self.std, "scale": self.scale, "channel_order": self.channel_order,
+                "input_range": self.input_range}
 
 

@@ -13,9 +13,13 @@ that a backend implements.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import os
+import warnings
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -24,11 +28,13 @@ import numpy as np
 from polyviz.errors import (
     CapabilityError,
     InputError,
+    InputRangeWarning,
     LayerError,
     ModelError,
     TargetError,
     did_you_mean,
 )
+from polyviz.layout import LAYOUTS, Layout, to_channels_last
 from polyviz.preprocess import Preprocess
 
 __all__ = [
@@ -107,17 +113,22 @@ class Capability:
 
 
 def _per_sample(value: Any, n: int, name: str) -> np.ndarray:
-    """Broadcast an int or a sequence of ints to one int per sample, checking the length."""
-    arr = np.asarray(value)
+    """Broadcast an int or a sequence of ints to one int per sample, checking the length and that
+    the values are integers (integral floats pass; None, strings, bools and fractions do not)."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        raise TargetError(f"{name}: expected an int or one int per sample ({n}), got {type(value).__name__}") from None
+    if arr.dtype.kind not in "iuf":
+        raise TargetError(f"{name}: expected an int or one int per sample ({n}), got {value!r:.60}")
     if arr.ndim == 0:
-        arr = np.full(n, int(arr), dtype=np.int64)
+        arr = np.full(n, arr)
     if arr.ndim != 1 or arr.shape[0] != n:
         raise TargetError(
             f"{name}: expected an int or one int per sample ({n}), got shape {arr.shape}"
         )
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.all(np.equal(np.mod(arr, 1), 0)):
-            raise TargetError(f"{name}: expected integers, got {arr.dtype} values {arr[:4]}")
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr) & np.equal(np.mod(arr, 1), 0)):
+        raise TargetError(f"{name}: expected integers, got {arr.dtype} values {arr[:4]}")
     return arr.astype(np.int64)
 
 
@@ -230,6 +241,32 @@ _OBJECTIVE_TYPES = (ClassScore, OutputWeighting, ChannelMean, Neuron, LayerNorm,
 LRP_RULES = ("zero", "epsilon", "gamma", "alpha_beta", "zbox")
 
 
+def _finite(name: str, value: Any) -> float:
+    """``value`` as a finite float, or an InputError naming ``name``."""
+    if isinstance(value, bool | np.bool_ | str | bytes):
+        raise InputError(f"{name}: expected a finite number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name}: expected a finite number, got {type(value).__name__}") from None
+    if not np.isfinite(out):
+        raise InputError(f"{name}: expected a finite number, got {value!r}")
+    return out
+
+
+def _bound(name: str, value: Any) -> float | tuple[float, ...]:
+    """A z^B bound: a finite number, or a sequence of finite numbers (one per input channel)."""
+    if np.ndim(value) == 0 and not isinstance(value, list | tuple):
+        return _finite(name, value)
+    try:
+        items = list(np.asarray(value, dtype=object).reshape(-1)) if np.ndim(value) <= 1 else None
+    except (TypeError, ValueError):
+        items = None
+    if not items:
+        raise InputError(f"{name}: expected a number or one number per input channel, got {value!r}")
+    return tuple(_finite(name, v) for v in items)
+
+
 @dataclass(frozen=True)
 class LRPRule:
     """How one weighted layer (conv, dense) redistributes relevance R_out to its input a.
@@ -259,10 +296,34 @@ class LRPRule:
     high: float | tuple[float, ...] = 1.0
 
     def __post_init__(self) -> None:
-        if self.name not in LRP_RULES:
+        """Every numeric parameter is checked here, whatever the rule (one-line InputError naming
+        it): ``epsilon`` > 0 (it stabilises every rule's denominator), ``gamma`` >= 0, ``alpha`` >= 1,
+        ``beta`` >= 0 with alpha - beta = 1 (relevance conserved), ``low`` < ``high`` per channel,
+        all finite. Values are stored as floats (tuples of floats for per-channel bounds)."""
+        if not isinstance(self.name, str) or self.name not in LRP_RULES:
             raise InputError(f"rule: unknown LRP rule {self.name!r} (expected one of {', '.join(LRP_RULES)})")
-        if self.name == "alpha_beta" and abs(self.alpha - self.beta - 1.0) > 1e-9:
-            raise InputError(f"rule: alpha_beta needs alpha - beta = 1, got alpha={self.alpha}, beta={self.beta}")
+        epsilon = _finite("epsilon", self.epsilon)
+        if not epsilon > 0:
+            raise InputError(f"epsilon: expected a number > 0 (the stabiliser of every LRP rule), got {self.epsilon!r}")
+        gamma = _finite("gamma", self.gamma)
+        if gamma < 0:
+            raise InputError(f"gamma: expected a number >= 0, got {self.gamma!r}")
+        alpha, beta = _finite("alpha", self.alpha), _finite("beta", self.beta)
+        if beta < 0:
+            raise InputError(f"beta: expected a number >= 0, got {self.beta!r}")
+        if alpha < 1:
+            raise InputError(f"alpha: expected a number >= 1, got {self.alpha!r}")
+        if abs(alpha - beta - 1.0) > 1e-9 * max(1.0, abs(alpha)):
+            raise InputError(f"alpha: alpha_beta needs alpha - beta = 1, got alpha={self.alpha}, beta={self.beta}")
+        low, high = _bound("low", self.low), _bound("high", self.high)
+        lows, highs = np.atleast_1d(low), np.atleast_1d(high)
+        if lows.size > 1 and highs.size > 1 and lows.size != highs.size:
+            raise InputError(f"low: {lows.size} per-channel values but high has {highs.size}")
+        if not np.all(lows < highs):
+            raise InputError(f"low: expected low < high (per channel), got low={self.low!r}, high={self.high!r}")
+        for field, value in (("epsilon", epsilon), ("gamma", gamma), ("alpha", alpha), ("beta", beta),
+                             ("low", low), ("high", high)):
+            object.__setattr__(self, field, value)
 
 
 @dataclass(frozen=True)
@@ -457,6 +518,11 @@ def check_output_objective(objective: Any, output_shape: Sequence[int]) -> None:
             )
 
 
+def _fits(shape: Sequence[int], declared: Sequence[int | None]) -> bool:
+    """True when ``shape`` matches ``declared``, where a None dimension (dynamic) matches any size."""
+    return len(shape) == len(declared) and all(d is None or int(s) == int(d) for s, d in zip(shape, declared))
+
+
 def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> None:
     """Check a layer objective's channel / index against that layer's output shape."""
     if isinstance(objective, ChannelMean):
@@ -470,7 +536,7 @@ def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> No
             )
     elif isinstance(objective, Neuron):
         index = tuple(objective.index)
-        if len(index) != len(shape) or any(not 0 <= i < s for i, s in zip(index, shape)):
+        if len(index) != len(shape) or any(not 0 <= i < (s if s is not None else i + 1) for i, s in zip(index, shape)):
             raise TargetError(
                 f"neuron: index {index} does not fit layer {objective.layer!r} of shape {shape}"
             )
@@ -482,11 +548,28 @@ def _check_layer_objective(objective: Any, shape: tuple[int, ...], n: int) -> No
             )
     elif isinstance(objective, LayerDistance):
         ref = np.asarray(objective.reference)
-        if ref.shape != shape and ref.shape != (n, *shape):
+        if not _fits(ref.shape, shape) and not _fits(ref.shape, (n, *shape)):
             raise InputError(
                 f"reference: shape {ref.shape} does not match layer {objective.layer!r} "
                 f"output {shape}"
             )
+
+
+#: True while a public call that has already checked (and warned about) the caller's x runs
+#: further public calls on copies of it (a metric re-explaining perturbed inputs).
+_RANGE_CHECKED: contextvars.ContextVar[bool] = contextvars.ContextVar("polyviz_range_checked", default=False)
+
+
+@contextlib.contextmanager
+def range_already_checked() -> Iterator[None]:
+    """Within this block :meth:`Backend.check_input` gives no :class:`InputRangeWarning`: the
+    caller has checked the range once already, so that one public call warns at most once.
+    Thread- and task-local (a context variable)."""
+    token = _RANGE_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _RANGE_CHECKED.reset(token)
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,6 +610,8 @@ class Backend(ABC):
         #: Shape of the last validated input batch; backends that need a probe forward to learn
         #: layer output shapes (torch) use it.
         self.last_input_shape: tuple[int, ...] | None = None
+        #: Output class count per input size (H, W, C), see :meth:`class_count`.
+        self._class_counts: dict[tuple[int, ...], int] = {}
 
     @property
     def model(self) -> Any:
@@ -704,7 +789,7 @@ class Backend(ABC):
         activation = np.asarray(activation, dtype=np.float32)
         shape = self.layer_info(layer).output_shape
         if activation.ndim < 1 or activation.shape[0] != len(x) or (
-            shape is not None and tuple(activation.shape[1:]) != tuple(shape)
+            shape is not None and not _fits(activation.shape[1:], shape)
         ):
             raise InputError(
                 f"activation: expected one activation of layer {layer!r} per sample, shape "
@@ -779,8 +864,136 @@ class Backend(ABC):
         return self._layer_config(name)
 
     def as_numpy(self, x: Any) -> np.ndarray:
-        """A framework tensor or array-like as a float32 numpy array (same layout)."""
-        return np.asarray(x, dtype=np.float32)
+        """A framework tensor or array-like as a numpy array (same layout). Floating values come
+        back as float32; other dtypes (integers, bool, complex) are kept as they are, so that
+        :meth:`check_input` can refuse them instead of converting them silently."""
+        arr = np.asarray(x)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32, copy=False)
+        return arr
+
+    def check_input(
+        self, x: Any, layout: str | None = None, name: str = "x", *, range_warning: bool = True
+    ) -> tuple[np.ndarray, Layout]:
+        """The caller's image or batch, validated once, as a float32 channels-last batch and the
+        caller's :class:`~polyviz.layout.Layout` (to return results in).
+
+        This is the one entry check of every public function that takes images (``explain``,
+        the metrics, ``activations``, the optimisation methods). ``x`` must be a real floating
+        array or framework tensor, one image or a batch, in ``layout`` (default: the backend's
+        native layout). Integer and bool arrays are refused: a uint8 image is in [0, 255] and most
+        models expect [0, 1], so converting it is the caller's decision (``x.astype("float32") /
+        255``), not a guess made here. Values far outside the declared preprocessing's
+        ``input_range`` give one :class:`~polyviz.errors.InputRangeWarning` (unless
+        ``range_warning`` is False: callers that enforce a range themselves).
+        """
+        if layout is None:
+            layout = self.native_layout
+        if layout not in LAYOUTS:
+            raise InputError(f"layout: expected one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
+        arr = self._raw_input(x, name)
+        if arr.ndim not in (3, 4):
+            raise InputError(
+                f"{name}: expected one image ({layout[1:]}) or a batch ({layout}), got rank {arr.ndim} "
+                f"with shape {arr.shape}"
+            )
+        self._check_channels(arr.shape, layout, name)
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = arr.astype(np.float32, copy=False)
+        xs, caller = to_channels_last(arr, layout)
+        xs = self.check_x(xs, name)
+        if range_warning and not _RANGE_CHECKED.get():
+            self._check_range(xs, name)
+        return xs, caller
+
+    def _raw_input(self, x: Any, name: str) -> np.ndarray:
+        """``x`` as a real floating numpy array (any float precision), or a one-line InputError."""
+        expected = "a float image array (numpy array or framework tensor)"
+        if x is None or isinstance(x, str | bytes | os.PathLike):
+            what = "None" if x is None else f"a {type(x).__name__} ({str(x)[:60]!r})"
+            hint = " Load image files with polyviz.loading.load_images(paths)." if x is not None else ""
+            raise InputError(f"{name}: expected {expected}, got {what}.{hint}")
+        try:
+            arr = self.as_numpy(x)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            reason = str(exc).split("\n")[0][:120]
+            raise InputError(
+                f"{name}: expected {expected}, got a {type(x).__name__} that is not a rectangular numeric array ({reason})"
+            ) from None
+        if not isinstance(arr, np.ndarray):
+            raise InputError(f"{name}: expected {expected}, got {type(x).__name__}")
+        kind = arr.dtype.kind
+        if kind in "iu":
+            raise InputError(
+                f"{name}: integer images ({arr.dtype}) are not accepted; convert to float in the "
+                "range the model expects, e.g. x.astype('float32') / 255 for [0, 1]"
+            )
+        if kind == "b":
+            raise InputError(f"{name}: expected {expected}, got a bool array; convert it to float")
+        if kind == "c":
+            raise InputError(f"{name}: expected real values, got a complex array ({arr.dtype})")
+        if kind != "f":
+            raise InputError(f"{name}: expected {expected}, got an array of dtype {arr.dtype}")
+        return arr
+
+    def _check_channels(self, shape: tuple[int, ...], layout: str, name: str) -> None:
+        """The channel axis of the caller's array in the caller's layout, with a layout hint that
+        names the shape the caller passed."""
+        expected = self.input_shape
+        if expected is None or expected[-1] is None:
+            return
+        c = int(expected[-1])
+        batched = len(shape) == 4
+        axis = (1 if batched else 0) if layout == "NCHW" else len(shape) - 1
+        if shape[axis] == c:
+            return
+        dims = layout if batched else layout[1:]
+        want = ", ".join(str(c) if d == "C" else d for d in dims)
+        hint = ""
+        other = "NHWC" if layout == "NCHW" else "NCHW"
+        other_axis = (1 if batched else 0) if other == "NCHW" else len(shape) - 1
+        if shape[other_axis] == c:
+            kind = "channels-last" if other == "NHWC" else "channels-first"
+            hint = f" It looks {kind} ({other if batched else other[1:]}): pass layout={other!r}."
+        raise InputError(
+            f"{name}: expected {layout if batched else layout[1:]} ({want}) for this {self.name} model, "
+            f"got shape {tuple(shape)}.{hint}"
+        )
+
+    def _check_range(self, xs: np.ndarray, name: str) -> None:
+        """One :class:`InputRangeWarning` when ``xs`` lies far outside [0, input_range] of the
+        declared preprocessing (by more than half the range)."""
+        pre = self.preprocess
+        top = None if pre is None else getattr(pre, "input_range", None)
+        if top is None:
+            return
+        lo, hi = float(xs.min()), float(xs.max())
+        margin = 0.5 * top
+        if lo < -margin or hi > top + margin:
+            warnings.warn(
+                f"{name}: values in [{lo:.4g}, {hi:.4g}], far outside the range [0, {top:g}] that the "
+                f"preprocessing expects; rescale x (e.g. x / 255 for 8-bit images into [0, 1]) or "
+                "declare its range (Preprocess.torchvision(input_range=...))",
+                InputRangeWarning,
+                stacklevel=3,
+            )
+
+    def class_count(self, x: np.ndarray) -> int:
+        """The size of the model output's class axis (its last axis) for inputs shaped like the
+        channels-last batch ``x``: :meth:`_static_class_count` where the backend knows it without
+        running the model, else one forward pass of one sample, cached per input size."""
+        static = self._static_class_count()
+        if static is not None:
+            return int(static)
+        key = tuple(x.shape[1:])
+        cache = self._class_counts
+        if key not in cache:
+            self.require(Capability.FORWARD)
+            out = np.asarray(self.forward(np.ascontiguousarray(x[:1])))
+            if out.ndim < 2:
+                raise TargetError(f"target: the model output has shape {out.shape}, no class axis")
+            cache[key] = int(out.shape[-1])
+        return cache[key]
 
     @property
     def input_shape(self) -> tuple[int, int, int] | None:
@@ -800,6 +1013,12 @@ class Backend(ABC):
                 f"{name}: expected a channels-last batch of rank 4 (N, H, W, C), got rank "
                 f"{arr.ndim} with shape {arr.shape}"
             )
+        if arr.shape[0] == 0:
+            raise InputError(f"{name}: the batch is empty")
+        if 0 in arr.shape[1:]:
+            raise InputError(
+                f"{name}: expected non-empty images, got (height, width, channels) = {tuple(arr.shape[1:])}"
+            )
         if expected is not None:
             c = expected[-1]
             if arr.shape[-1] != c:
@@ -814,8 +1033,6 @@ class Backend(ABC):
                 raise InputError(
                     f"{name}: expected spatial size {h}x{w} for this model, got {arr.shape[1]}x{arr.shape[2]}"
                 )
-        if arr.shape[0] == 0:
-            raise InputError(f"{name}: the batch is empty")
         if not np.all(np.isfinite(arr)):
             bad = "NaN" if np.isnan(arr).any() else "infinite"
             raise InputError(f"{name}: contains {bad} values")
@@ -893,6 +1110,11 @@ class Backend(ABC):
     # ---- framework hooks -------------------------------------------------------------------
     @abstractmethod
     def _forward(self, x: np.ndarray) -> np.ndarray: ...
+
+    def _static_class_count(self) -> int | None:
+        """The output's class count when the model declares it (a static output shape), else
+        None (then :meth:`class_count` runs one sample)."""
+        return None
 
     def _input_gradient(self, x: np.ndarray, objective: Objective, rule: Rule) -> Gradients:
         raise NotImplementedError

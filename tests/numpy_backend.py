@@ -54,6 +54,9 @@ class NumpyBackend(Backend):
     def input_shape(self):
         return tuple(self.model.spec.input_shape)
 
+    def _static_class_count(self):
+        return int(output_shapes(self.model.spec)[-1][-1])
+
     @classmethod
     def build(cls, spec, weights=None):
         return NumpyModel(spec, weights), {layer.name: layer.name for layer in spec.layers}

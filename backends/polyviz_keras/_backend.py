@@ -144,6 +144,11 @@ class KerasBackend(Backend):
         key = self._key("forward", tuple(x_shape[1:]), record)
         return cached(self.model, key, lambda: make_forward(self.model, key, x_shape, self.preprocess, self.logits, record))
 
+    def _static_class_count(self) -> int | None:
+        """The class count from the model's static output shape: no forward pass needed."""
+        k = self.output_shape[-1]
+        return int(k) if isinstance(k, int) and len(self.output_shape) >= 2 else None
+
     def _out_shape(self, n: int) -> tuple[int, ...]:
         return (n, *self.output_shape[1:])
 

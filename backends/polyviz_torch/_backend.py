@@ -145,8 +145,10 @@ class TorchBackend(Backend):
     def as_numpy(self, x: Any) -> np.ndarray:
         torch = sys.modules.get("torch")
         if torch is not None and isinstance(x, torch.Tensor):
-            return x.detach().float().cpu().numpy()
-        return np.asarray(x, dtype=np.float32)
+            x = x.detach()
+            # floats as float32; integer/bool/complex tensors keep their dtype for check_input to refuse
+            return (x.float() if x.is_floating_point() else x).cpu().numpy()
+        return super().as_numpy(x)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _runner(self) -> Any:

@@ -12,7 +12,7 @@ import numpy as np
 from polyviz.errors import InputError
 from polyviz.layout import to_channels_last
 from polyviz.preprocess import Preprocess
-from polyviz.protocol import Backend
+from polyviz.protocol import Backend, range_already_checked
 
 __all__ = ["Setup", "prepare", "attributions", "explain_fn", "as_map", "softmax", "batched_forward", "chunks",
            "check_positive_int"]
@@ -60,25 +60,22 @@ def prepare(
     """Resolve the backend (a :class:`Backend` instance is used as it is), bring ``x`` to
     channels-last and fix one target per sample: ``target``, else the explanation's, else the
     predicted class."""
-    from polyviz.api import _resolve_targets, predict
+    from polyviz.api import check_seed, resolve_targets
     from polyviz.registry import backend_for
 
     be = backend_for(model, backend, preprocess=preprocess)
     layout = layout or be.native_layout
-    xs, _ = to_channels_last(be.as_numpy(x), layout)
-    xs = be.check_x(xs)
+    xs, _ = be.check_input(x, layout)
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size")
     if method is None and attribution is None:
         raise InputError("method: give a method name (method='saliency', ...) or precomputed attributions")
     if method is not None and not isinstance(method, str):
         raise InputError(f"method: expected a method name, got {type(method).__name__}")
-    targets = _resolve_targets(target, len(xs))
-    if targets is None and attribution is not None and getattr(attribution, "target", None) is not None:
-        targets = np.asarray(attribution.target, np.int64)
-    if targets is None:
-        targets = predict(be, xs, batch_size).argmax(axis=-1).astype(np.int64)
-    return Setup(be, xs, targets, layout, method, dict(options), layer, batch_size, int(seed), bool(progress))
+    if target is None and attribution is not None and getattr(attribution, "target", None) is not None:
+        target = attribution.target
+    targets, _ = resolve_targets(be, xs, target, batch_size)
+    return Setup(be, xs, targets, layout, method, dict(options), layer, batch_size, check_seed(seed), bool(progress))
 
 
 def explain_fn(setup: Setup) -> Any:
@@ -89,8 +86,9 @@ def explain_fn(setup: Setup) -> Any:
         raise InputError("method: this metric recomputes explanations at new inputs; give a method name")
 
     def run(x: np.ndarray, targets: np.ndarray, backend: Backend | None = None) -> np.ndarray:
-        e = explain(backend or setup.backend, x, setup.method, target=targets, layer=setup.layer,
-                    batch_size=setup.batch_size, seed=setup.seed, progress=False, layout="NHWC", **setup.options)
+        with range_already_checked():  # prepare() warned once about the caller's x
+            e = explain(backend or setup.backend, x, setup.method, target=targets, layer=setup.layer,
+                        batch_size=setup.batch_size, seed=setup.seed, progress=False, layout="NHWC", **setup.options)
         return np.asarray(e.attribution, np.float32)
 
     return run

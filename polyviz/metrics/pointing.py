@@ -11,6 +11,7 @@ import numpy as np
 from polyviz.errors import InputError
 from polyviz.metrics._common import as_map, attributions, prepare
 from polyviz.preprocess import Preprocess
+from polyviz.protocol import range_already_checked
 
 __all__ = ["pointing_game", "pointing_hits", "explanation_map"]
 
@@ -99,8 +100,10 @@ def pointing_game(
         setup = prepare(model, x, target, method=method, attribution=None,
                         options={**(method_options or {}), **options}, layer=layer, backend=backend,
                         preprocess=preprocess, layout=layout, batch_size=batch_size, seed=seed, progress=progress)
-        attribution = explain(setup.backend, setup.x, method, target=setup.targets, layer=layer, batch_size=batch_size,
-                              seed=setup.seed, progress=setup.progress, layout="NHWC", **setup.options)
+        with range_already_checked():  # prepare() warned once about x
+            attribution = explain(setup.backend, setup.x, method, target=setup.targets, layer=layer,
+                                  batch_size=batch_size, seed=setup.seed, progress=setup.progress, layout="NHWC",
+                                  **setup.options)
     if hasattr(attribution, "attribution"):
         return pointing_hits(explanation_map(attribution), masks, tolerance)
     setup = prepare(model, x, target, method=None, attribution=attribution, options={}, backend=backend,

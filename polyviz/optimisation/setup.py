@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 from polyviz.errors import InputError
-from polyviz.layout import to_channels_last
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend
 from polyviz.registry import backend_for
@@ -96,8 +95,7 @@ def check_images(be: Backend, x: Any, layout: str | None, name: str = "x") -> tu
     """A caller's image or batch in [0, 1] as a validated channels-last batch, and its layout."""
     if layout is None:
         layout = be.native_layout
-    xs, lay = to_channels_last(be.as_numpy(x), layout)
-    xs = be.check_x(xs, name)
+    xs, lay = be.check_input(x, layout, name, range_warning=False)  # the [0, 1] check follows
     lo, hi = float(xs.min()), float(xs.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
         raise InputError(

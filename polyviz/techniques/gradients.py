@@ -13,7 +13,7 @@ channels-last (N, H, W, C) and float32. Conventions, fixed and identical in ever
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -394,6 +394,8 @@ def smoothgrad(
             f"{did_you_mean(str(base), names)}"
         )
     info = METHODS[base]
+    if base_options is not None and not isinstance(base_options, Mapping):
+        raise InputError(f"base_options: expected a dict of {base!r}'s options or None, got {type(base_options).__name__}")
     options = dict(base_options or {})
     unknown = [k for k in options if k not in info.options]
     if unknown:

@@ -61,6 +61,10 @@ def target_layer(ctx: Context) -> tuple[str, tuple[int, ...]]:
 
         layer = default_layer(ctx.backend)
     shape = ctx.backend.layer_info(layer).output_shape
+    if shape is not None and any(d is None for d in shape) and Capability.LAYER_ACTIVATIONS in ctx.backend.capabilities:
+        # a model with a dynamic input size (Keras Input((None, None, 3))): the size for this x
+        acts = ctx.backend.layer_activations(ctx.x[:1], [layer])[layer]
+        shape = tuple(acts.shape[1:])
     if shape is None or any(d is None for d in shape):
         raise LayerError(
             f"layer: the output shape of {layer!r} is unknown for this input ({shape}); choose a layer "

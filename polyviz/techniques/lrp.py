@@ -47,11 +47,17 @@ def _bounds(ctx: Context, bounds: Any) -> tuple[tuple[float, ...], tuple[float, 
             if low <= lo and hi <= high:
                 lo, hi = low, high
                 break
+        if not lo < hi:
+            raise InputError(
+                f"bounds: x is constant ({lo:.4g}) and lies in neither [0, 1] nor [0, 255]; pass bounds=(low, high)"
+            )
     else:
         try:
             lo, hi = (float(v) for v in bounds)
         except (TypeError, ValueError):
             raise InputError(f"bounds: expected (low, high) floats or None, got {bounds!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise InputError(f"bounds: expected finite (low, high), got {bounds!r}")
         if not lo < hi:
             raise InputError(f"bounds: expected low < high, got {bounds!r}")
         if ctx.x.min() < lo - 1e-6 or ctx.x.max() > hi + 1e-6:
@@ -73,7 +79,7 @@ def _as_rule(value: Any, where: str, epsilon: float, gamma: float, alpha: float,
              bounds: tuple[tuple[float, ...], tuple[float, ...]]) -> LRPRule:
     if isinstance(value, LRPRule):
         return value
-    if value not in LRP_RULES:
+    if not isinstance(value, str) or value not in LRP_RULES:
         raise InputError(f"rules: {where} has unknown rule {value!r} (expected one of {', '.join(LRP_RULES)} or an LRPRule)")
     if value == "epsilon":
         return LRPRule("epsilon", epsilon=epsilon)
@@ -105,7 +111,7 @@ def assign_rules(
     name, by kind ("conv2d", "dense") or "first" (the first weighted layer); values are rule names
     or :class:`LRPRule` objects. Names beat "first", which beats kinds.
     """
-    if rule not in RULE_CHOICES:
+    if not isinstance(rule, str) or rule not in RULE_CHOICES:
         raise InputError(f"rule: expected one of {', '.join(RULE_CHOICES)}, got {rule!r}")
     if not layers:
         raise InputError("rule: the model has no conv or dense layer for LRP")
@@ -123,6 +129,8 @@ def assign_rules(
                 chosen[name] = make("gamma" if name in lower else "epsilon", name)
     else:
         chosen = {name: make(rule, name) for name, _ in layers}
+    if rules is not None and not isinstance(rules, Mapping):
+        raise InputError(f"rules: expected a mapping {{layer name or kind: rule}} or None, got {type(rules).__name__}")
     overrides = dict(rules or {})
     known = {name for name, _ in layers}
     for key in overrides:
@@ -175,9 +183,12 @@ def lrp(
     by the score to compare). Costs one forward pass and one modified backward pass per batch.
     """
     be = ctx.backend
+    # every numeric option is checked by LRPRule (epsilon > 0, gamma >= 0, alpha - beta = 1, ...),
+    # whichever rules end up using it
+    checked = LRPRule("epsilon", epsilon=epsilon, gamma=gamma, alpha=alpha, beta=beta)
     assignment = assign_rules(
-        weighted_layers(be), rule, rules, epsilon=float(epsilon), gamma=float(gamma),
-        alpha=float(alpha), beta=float(beta), bounds=_bounds(ctx, bounds),
+        weighted_layers(be), rule, rules, epsilon=checked.epsilon, gamma=checked.gamma,
+        alpha=checked.alpha, beta=checked.beta, bounds=_bounds(ctx, bounds),
     )
     lrp_rule = Rule(lrp=assignment)
     n = len(ctx.x)
