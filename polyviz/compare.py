@@ -419,9 +419,12 @@ def crosscheck(
     The floor of a method is the larger of the two frameworks' own float32-vs-float64 differences
     for that method, model and input (each model's float64 copy: torch ``deepcopy(m).double()``,
     Keras rebuilt in float64; ``model`` is never modified). Both sides are measured because
-    round-off flips a near-tie in a ReLU or max-pool in one framework and not in the other (VGG16's
-    deconvnet: one max-pool window out of 200 704 whose two largest inputs differ by 8e-7 relative);
-    the one-sided floor of the framework that did not flip would call that a disagreement.
+    float32 round-off flips a near-tie in a ReLU or max-pool in one framework and not in the other.
+    Seeded VGG16's deconvnet (224 px): two of block3_pool's 200 704 windows hold two inputs within
+    1.1e-6 and 3.8e-7 (relative) of each other; NHWC float32 convolutions (Keras', and torch's own
+    given a channels-last tensor) swap their order, torch's NCHW ones do not, so the max-pool switch
+    moves and deconvnet differs by 4.6e-3 while torch's one-sided floor is 8e-7. Both float64
+    models agree exactly, and Keras' floor (4.6e-3) shows the difference is round-off.
 
     ``converted``: an already converted model, or a ``Converted`` (model, layer map), instead of
     converting here. ``layer``: the CAM layer in ``model`` (default: each backend's default).
