@@ -2,7 +2,8 @@
 agree, how often each map points at the object, and the gallery page that shows them side by side.
 
 Used by ``polyviz demo``, ``polyviz gallery`` and ``polyviz crosscheck``. Agreement is the relative
-L2 distance of the raw ``.attribution`` arrays, ``||a - b|| / max(||a||, ||b||)``. The pointing
+L2 distance of the raw ``.attribution`` arrays, ``||a - b|| / max(||a||, ||b||)``. :func:`crosscheck`
+judges it against each method's float32 noise floor (see :data:`AGREES`, :data:`NOISE_MULTIPLE`). The pointing
 game is :func:`polyviz.metrics.pointing_game`'s (Zhang et al. 2016, arXiv:1608.00507), with no
 tolerance margin: a hit when the peak of the map's magnitude lies on the ground-truth object mask,
 the layer-resolution map for CAMs, ``|attribution|`` summed over channels for input-shaped ones.
@@ -413,8 +414,7 @@ def crosscheck(
     """Explain ``x`` (N, H, W, C in [0, 1]) with every method in ``model``'s framework and in its
     conversion to ``to`` (default: the other installed framework), and judge each difference
     against the float32 noise floor. Returns :func:`crosscheck_rows`' rows (``method``,
-    ``difference``, ``floor``, ``verdict``... ; the first two frameworks in the order source,
-    converted are ``rows[i]["backends"]``).
+    ``difference``, ``floor``, ``verdict``, ...), each with ``backends`` = (source, converted).
 
     The floor of a method is the larger of the two frameworks' own float32-vs-float64 differences
     for that method, model and input (each model's float64 copy: torch ``deepcopy(m).double()``,
