@@ -2,7 +2,8 @@
 agree, how often each map points at the object, and the gallery page that shows them side by side.
 
 Used by ``polyviz demo``, ``polyviz gallery`` and ``polyviz crosscheck``. Agreement is the relative
-L2 distance of the raw ``.attribution`` arrays, ``||a - b|| / max(||a||, ||b||)``. The pointing
+L2 distance of the raw ``.attribution`` arrays, ``||a - b|| / max(||a||, ||b||)``. :func:`crosscheck`
+judges it against each method's float32 noise floor (see :data:`AGREES`, :data:`NOISE_MULTIPLE`). The pointing
 game is :func:`polyviz.metrics.pointing_game`'s (Zhang et al. 2016, arXiv:1608.00507), with no
 tolerance margin: a hit when the peak of the map's magnitude lies on the ground-truth object mask,
 the layer-resolution map for CAMs, ``|attribution|`` summed over channels for input-shaped ones.
@@ -22,7 +23,8 @@ from polyviz.api import methods as all_methods
 from polyviz.errors import InputError, PolyvizError, did_you_mean
 
 __all__ = ["Run", "attribution_methods", "parse_methods", "run_methods", "relative_l2", "pointing_hits",
-           "summary_rows", "text_table", "html_table", "gallery_rows", "FAST_OPTIONS"]
+           "summary_rows", "text_table", "html_table", "gallery_rows", "FAST_OPTIONS",
+           "AGREES", "NOISE_MULTIPLE", "verdict", "float64_copy", "crosscheck", "crosscheck_rows", "crosscheck_table"]
 
 #: The demo's options (64x64 images): occlusion's default 15-pixel window in 8-pixel steps is
 #: sized for 224-pixel images; a 12-pixel window in 6-pixel steps gives a 10x10 grid here. The
@@ -290,4 +292,173 @@ def gallery_rows(
                 cell = next(iter(cell.values()))  # one framework, or the same reason in all: one cell
             cells.append(cell)
         rows.append((m, cells))
+    return rows
+
+
+# ---- crosscheck: the cross-framework difference against the float32 noise floor ------------------
+#: Relative L2 at or under which two frameworks' attributions *agree* outright, whatever the floor:
+#: 1e-3 is invisible in any rendering (a heat map has 256 levels) and far above what the same
+#: function computed twice in float32 differs by when no ReLU or max-pool sits near a tie (~1e-6).
+AGREES = 1e-3
+
+#: A difference within this multiple of the float32 noise floor is *at noise floor*. The reasoning:
+#: with ``f_a``, ``f_b`` each framework's own float32-vs-float64 difference and ``d64`` the
+#: frameworks' difference in float64, the triangle inequality gives
+#: ``difference <= f_a + f_b + d64 <= 2 * floor + d64`` (``floor = max(f_a, f_b)``). Two frameworks
+#: that compute the same function (``d64`` ~ 0) therefore stay within 2x the floor however their
+#: round-off falls; 3x leaves a margin for the floor being one sample of round-off. A difference
+#: beyond 3x the floor implies ``d64 > floor``: the frameworks differ even without round-off.
+NOISE_MULTIPLE = 3.0
+
+VERDICTS = ("agrees", "at noise floor", "DISAGREES")
+
+
+def verdict(difference: float, floor: float | None, agrees: float = AGREES) -> str:
+    """'agrees' (``difference <= agrees``), 'at noise floor' (``<= NOISE_MULTIPLE * floor``) or
+    'DISAGREES'. ``floor`` None (no float64 run): judged against ``agrees`` alone."""
+    if difference <= agrees:
+        return "agrees"
+    if floor is not None and difference <= NOISE_MULTIPLE * floor:
+        return "at noise floor"
+    return "DISAGREES"
+
+
+def float64_copy(model: Any, backend: str | None = None) -> Any:
+    """A float64 copy of ``model`` made by its backend's ``float64_copy`` (torch: a deep copy,
+    ``.double()``; Keras: rebuilt from its config in float64); the model itself is not modified."""
+    from polyviz.registry import backend_class, detect
+
+    cls = backend_class(backend) if backend is not None else detect(model)
+    make = getattr(cls, "float64_copy", None)
+    if make is None:
+        raise InputError(f"model: backend {cls.name!r} cannot make a float64 copy (no float64_copy), so crosscheck "
+                         "has no noise floor for it")
+    return make(model)
+
+
+def crosscheck_rows(
+    runs: dict[tuple[str, str], Run], runs64: dict[tuple[str, str], Run], method_names: Sequence[str],
+    backends: Sequence[str], agrees: float = AGREES,
+) -> list[dict[str, Any]]:
+    """Per method: ``difference`` (relative L2 of the float32 attributions of ``backends[0]`` and
+    ``backends[1]``), ``floors`` {backend: its float32 vs float64 difference}, ``floor`` (the larger),
+    ``floor_backend`` (whose it is), ``difference64`` (the two frameworks in float64) and ``verdict``
+    (:func:`verdict`; 'skipped' or 'failed' when neither framework ran the method, 'DISAGREES' when
+    only one did). Plus ``skipped``, ``failed`` and ``seconds`` (float32 runs) as :func:`summary_rows`."""
+    a, b = backends[0], backends[1]
+    rows = summary_rows(runs, method_names, backends)
+    for row in rows:
+        m = row["method"]
+        row["difference"] = row["agreement"]
+        row["floors"] = {}
+        for be in (a, b):
+            r32, r64 = runs[(m, be)], runs64.get((m, be))
+            if r32.explanation is not None and r64 is not None and r64.explanation is not None:
+                row["floors"][be] = relative_l2(r32.explanation.attribution, r64.explanation.attribution)
+            elif r32.explanation is not None and r64 is not None:
+                row["skipped"].setdefault(f"{be} float64", r64.skipped)
+                if r64.failed:
+                    row["failed"].add(f"{be} float64")
+        row["floor"] = max(row["floors"].values()) if row["floors"] else None
+        row["floor_backend"] = max(row["floors"], key=row["floors"].get) if row["floors"] else None
+        e64 = [runs64.get((m, be)) for be in (a, b)]
+        row["difference64"] = (relative_l2(e64[0].explanation.attribution, e64[1].explanation.attribution)
+                               if all(r is not None and r.explanation is not None for r in e64) else None)
+        ran = [be for be in (a, b) if runs[(m, be)].explanation is not None]
+        if len(ran) == 2:
+            row["verdict"] = verdict(row["difference"], row["floor"], agrees)
+        elif len(ran) == 1:
+            row["verdict"] = "DISAGREES"  # one framework explains, the other refuses or fails
+        else:
+            row["verdict"] = "failed" if row["failed"] else "skipped"
+    return rows
+
+
+def crosscheck_table(rows: list[dict[str, Any]], backends: Sequence[str]) -> str:
+    """A Markdown table of :func:`crosscheck_rows` (method, difference, float64 difference, floor
+    and whose, verdict, seconds), with a line per skipped or failed run giving the reason."""
+    a, b = backends[0], backends[1]
+    head = ["method", f"{a} vs {b} (rel. L2)", "in float64", "float32 floor", "verdict", f"time {a} (s)", f"time {b} (s)"]
+    fmt = lambda v: "-" if v is None else f"{v:.1e}"  # noqa: E731
+    body = []
+    for r in rows:
+        floor = "-" if r["floor"] is None else f"{r['floor']:.1e} ({r['floor_backend']})"
+        times = [("failed" if be in r["failed"] else "skipped") if be in r["skipped"] else f"{r['seconds'][be]:.2f}"
+                 for be in (a, b)]
+        body.append([r["method"], fmt(r["difference"]), fmt(r["difference64"]), floor, r["verdict"], *times])
+    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(c) for c in body]
+    for r in rows:
+        for be, why in r["skipped"].items():
+            out.append(f"{'failed' if be in r['failed'] else 'skipped'}: {r['method']} ({be}): {why}")
+    return "\n".join(out)
+
+
+def crosscheck(
+    model: Any,
+    x: np.ndarray,
+    methods: str | Sequence[str] | None = None,
+    *,
+    to: str | None = None,
+    converted: Any = None,
+    layer: str | None = None,
+    preprocess: Any = None,
+    target: Any = None,
+    options: dict[str, dict[str, Any]] | None = None,
+    agrees: float = AGREES,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[dict[str, Any]]:
+    """Explain ``x`` (N, H, W, C in [0, 1]) with every method in ``model``'s framework and in its
+    conversion to ``to`` (default: the other installed framework), and judge each difference
+    against the float32 noise floor. Returns :func:`crosscheck_rows`' rows (``method``,
+    ``difference``, ``floor``, ``verdict``, ...), each with ``backends`` = (source, converted).
+
+    The floor of a method is the larger of the two frameworks' own float32-vs-float64 differences
+    for that method, model and input (each model's float64 copy: torch ``deepcopy(m).double()``,
+    Keras rebuilt in float64; ``model`` is never modified). Both sides are measured because
+    float32 round-off flips a near-tie in a ReLU or max-pool in one framework and not in the other.
+    Seeded VGG16's deconvnet (224 px): two of block3_pool's 200 704 windows hold two inputs within
+    1.1e-6 and 3.8e-7 (relative) of each other; NHWC float32 convolutions (Keras', and torch's own
+    given a channels-last tensor) swap their order, torch's NCHW ones do not, so the max-pool switch
+    moves and deconvnet differs by 4.6e-3 while torch's one-sided floor is 8e-7. Both float64
+    models agree exactly, and Keras' floor (4.6e-3) shows the difference is round-off.
+
+    ``converted``: an already converted model, or a ``Converted`` (model, layer map), instead of
+    converting here. ``layer``: the CAM layer in ``model`` (default: each backend's default).
+    ``target``: classes (default: the source model's prediction, used in every run).
+    """
+    from polyviz.models.convert import Converted, convert
+    from polyviz.registry import available_backends, detect
+
+    source = detect(model).name
+    if converted is None:
+        if to is None:
+            others = [b for b in available_backends() if b != source]
+            if not others:
+                raise InputError(f"to: crosscheck needs a second framework; only {source} is installed")
+            to = others[0]
+        converted = convert(model, to, input_shape=tuple(np.shape(x)[1:]))
+    if isinstance(converted, Converted):
+        other_model, layer_map = converted.model, converted.layer_map
+    else:
+        other_model, layer_map = converted, {}
+    other = detect(other_model).name
+    if other == source:
+        raise InputError(f"converted: the converted model is a {other} model too; crosscheck compares two frameworks")
+    names = parse_methods(methods)
+    layers = {source: layer, other: layer_map.get(layer, layer) if layer is not None else None}
+    models = {source: model, other: other_model}
+    pre = dict.fromkeys(models, preprocess)
+    kw = dict(layers=layers, preprocess=pre, options=options, batch_size=batch_size, seed=seed, progress=progress)
+    runs = run_methods(models, x, names, target=target, **kw)
+    if target is None:
+        target = next((r.explanation.target for r in runs.values() if r.explanation is not None), None)
+    models64 = {be: float64_copy(m, be) for be, m in models.items()}
+    runs64 = run_methods(models64, x, names, target=target, **kw)
+    rows = crosscheck_rows(runs, runs64, names, [source, other], agrees)
+    for row in rows:
+        row["backends"] = (source, other)
     return rows

@@ -330,6 +330,14 @@ class KerasBackend(Backend):
         return export(model)
 
     @classmethod
+    def float64_copy(cls, model: Any) -> Any:
+        """``model`` rebuilt in float64 (a new model; the user's is untouched), for the float32
+        noise floor of ``polyviz crosscheck`` (see ``polyviz_keras._build.float64_copy``)."""
+        from polyviz_keras._build import float64_copy
+
+        return float64_copy(model)
+
+    @classmethod
     def vgg(cls, name: str, weights: Any = None) -> Any:
         from polyviz_keras._zoo import vgg
 

@@ -170,3 +170,38 @@ def state_fingerprint(model: Any) -> dict[str, Any]:
             if hasattr(layer, attr):
                 fp[f"layer:{name}:{attr}"] = bool(getattr(layer, attr))
     return fp
+
+
+def _float64_config(config: Any) -> Any:
+    """``config`` with every dtype policy (a Keras 3 ``DTypePolicy`` entry or a plain dtype name
+    under a ``dtype`` key) set to float64."""
+    if isinstance(config, dict):
+        if config.get("class_name") in ("DTypePolicy", "FloatDTypePolicy") and isinstance(config.get("config"), dict):
+            return {**config, "config": {**config["config"], "name": "float64"}}
+        out = {k: _float64_config(v) for k, v in config.items()}
+        if isinstance(out.get("dtype"), str) and out["dtype"].startswith(("float", "mixed")):
+            out["dtype"] = "float64"
+        return out
+    if isinstance(config, list):
+        return [_float64_config(v) for v in config]
+    return config
+
+
+def float64_copy(model: Any) -> Any:
+    """A new functional or Sequential model with ``model``'s architecture and weights in float64
+    (the model itself untouched): rebuilt from its config with every dtype policy set to float64,
+    under a float64 ``floatx`` and global policy (restored on exit), weights cast up exactly."""
+    if not isinstance(model, keras.Model) or graph_of(model) is None:
+        raise ModelError(f"model: a float64 copy needs a functional or Sequential Keras model, got {type(model).__name__}")
+    floatx, policy = keras.config.floatx(), keras.config.dtype_policy()
+    keras.config.set_floatx("float64")
+    keras.config.set_dtype_policy("float64")
+    try:
+        copy = model.__class__.from_config(_float64_config(model.get_config()))
+    except Exception as exc:  # noqa: BLE001 - any rebuild failure is one clear refusal
+        raise ModelError(f"model: cannot rebuild {model.name!r} in float64 from its config ({type(exc).__name__})") from exc
+    finally:
+        keras.config.set_dtype_policy(policy)
+        keras.config.set_floatx(floatx)
+    copy.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    return copy

@@ -265,6 +265,15 @@ class TorchBackend(Backend):
         return export(model, input_shape)
 
     @classmethod
+    def float64_copy(cls, model: Any) -> Any:
+        """A float64 deep copy of ``model`` (``copy.deepcopy(model).double()``; the user's module is
+        untouched), for the float32 noise floor of ``polyviz crosscheck``. The backend runs a model
+        in its own dtype, so the copy runs in float64 end to end (inputs are cast up exactly)."""
+        import copy
+
+        return copy.deepcopy(model).double()
+
+    @classmethod
     def vgg(cls, name: str, weights: Any = None) -> Any:
         from polyviz_torch._zoo import vgg
 
