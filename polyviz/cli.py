@@ -4,7 +4,8 @@
 side in an HTML gallery with a table of cross-framework agreement and pointing-game accuracy.
 ``polyviz explain``: explain your images with your model (PNG per image and method, top-5 classes).
 ``polyviz gallery``: the demo's page for your model and images. ``polyviz crosscheck``: convert a
-model to the other framework, run every method in both and compare. ``polyviz metrics``: every
+model to the other framework, run every method in both, and judge each difference against the
+float32 noise floor (agrees / at noise floor / DISAGREES, exit code 1). ``polyviz metrics``: every
 method judged by every metric of :mod:`polyviz.metrics` in every framework. ``polyviz summary``,
 ``polyviz methods``, ``polyviz info``, ``polyviz bench``.
 
