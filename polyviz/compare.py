@@ -242,8 +242,11 @@ def _header(backends: Sequence[str], n: int | None) -> list[str]:
 def text_table(rows: list[dict[str, Any]], backends: Sequence[str], n: int | None = None) -> str:
     """A Markdown table of :func:`summary_rows` (``n``: images in the pointing game, None: no
     pointing columns), with a line per skipped method giving the reason."""
-    head = _header(backends, n)
-    body = [_cells(r, backends, n) for r in rows]
+    return _markdown(_header(backends, n), [_cells(r, backends, n) for r in rows], rows)
+
+
+def _markdown(head: list[str], body: list[list[str]], rows: list[dict[str, Any]]) -> str:
+    """A Markdown table with padded columns, then a line per method a backend skipped or failed."""
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(b) for b in body]
@@ -386,13 +389,7 @@ def crosscheck_table(rows: list[dict[str, Any]], backends: Sequence[str]) -> str
         times = [("failed" if be in r["failed"] else "skipped") if be in r["skipped"] else f"{r['seconds'][be]:.2f}"
                  for be in (a, b)]
         body.append([r["method"], fmt(r["difference"]), fmt(r["difference64"]), floor, r["verdict"], *times])
-    widths = [max(len(h), *(len(c[i]) for c in body)) if body else len(h) for i, h in enumerate(head)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(c) for c in body]
-    for r in rows:
-        for be, why in r["skipped"].items():
-            out.append(f"{'failed' if be in r['failed'] else 'skipped'}: {r['method']} ({be}): {why}")
-    return "\n".join(out)
+    return _markdown(head, body, rows)
 
 
 def crosscheck(

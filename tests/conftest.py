@@ -30,3 +30,12 @@ def bk(request, monkeypatch):
     if not have(request.param):
         pytest.skip(f"the {request.param} backend is not available")
     return request.param
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Demo-network weights drawn with numpy, as a file (tests do not depend on the shipped, trained file)."""
+    from polyviz.models.demo import demo_spec, save_weights
+    from polyviz.models.spec import random_weights
+
+    return str(save_weights(random_weights(demo_spec(), 0), tmp_path_factory.mktemp("w") / "demo.npz"))

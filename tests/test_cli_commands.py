@@ -16,17 +16,11 @@ from polyviz.cli import main
 from polyviz.datasets import shapes
 from polyviz.errors import PolyvizError
 from polyviz.explanation import Explanation
-from polyviz.models.demo import DEMO_WEIGHTS, demo_spec, save_weights
-from polyviz.models.spec import random_weights, vgg_spec
+from polyviz.models.demo import DEMO_WEIGHTS, demo_spec
+from polyviz.models.spec import vgg_spec
 
 pytestmark = pytest.mark.skipif(not INSTALLED, reason="no framework installed")
 FIRST = INSTALLED[0] if INSTALLED else "torch"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Demo-network weights drawn with numpy (tests do not depend on the shipped, trained file)."""
-    return str(save_weights(random_weights(demo_spec(), 0), tmp_path_factory.mktemp("w") / "demo.npz"))
 
 
 @pytest.fixture(scope="module")

@@ -19,16 +19,9 @@ import polyviz.loading
 from backends import INSTALLED
 from polyviz.cli import main
 from polyviz.datasets import shapes
-from polyviz.models.demo import demo_spec, save_weights
-from polyviz.models.spec import random_weights
 
 pytestmark = pytest.mark.skipif(not INSTALLED, reason="no framework installed")
 FIRST = INSTALLED[0] if INSTALLED else "torch"
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    return str(save_weights(random_weights(demo_spec(), 0), tmp_path_factory.mktemp("w") / "demo.npz"))
 
 
 @pytest.fixture(scope="module")
