@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from polyviz.errors import InputError
+from polyviz.errors import CapabilityError, InputError
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     Backend,
@@ -24,6 +24,13 @@ from polyviz_torch._compat import guard_triton
 
 #: Masked inputs per forward batch in :meth:`TorchBackend._masked_scores`.
 MASK_BATCH = 64
+
+#: Capabilities realised with Python forward hooks or a ``TorchFunctionMode``; a TorchScript module
+#: runs neither (its graph executes in C++), so on one they would fail or silently do nothing.
+HOOKED = frozenset({
+    Capability.LAYER_ACTIVATIONS, Capability.LAYER_GRADIENTS, Capability.LAYER_MASKED_SCORES,
+    Capability.LAYER_REPLACE, Capability.RELU_RULES, Capability.LRP, Capability.DEEPLIFT,
+})
 
 
 class TorchBackend(Backend):
@@ -117,6 +124,18 @@ class TorchBackend(Backend):
         if torch is not None and isinstance(x, torch.Tensor):
             return x.detach().float().cpu().numpy()
         return np.asarray(x, dtype=np.float32)
+
+    def require(self, capability: str) -> None:
+        """As :meth:`Backend.require`; on a TorchScript module the capabilities that need hooks are
+        refused with that reason (guided backprop there would silently be saliency)."""
+        torch = sys.modules.get("torch")
+        if capability in HOOKED and torch is not None and isinstance(self.model, torch.jit.ScriptModule):
+            raise CapabilityError(
+                f"model: a TorchScript module runs no Python hooks, and {capability!r} needs them (layer "
+                "outputs, CAMs, ReLU rules, LRP, DeepLIFT); gradient and perturbation methods work. For the "
+                "others load the Python nn.Module (torch.save(model), or its class and state_dict)"
+            )
+        super().require(capability)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _runner(self) -> Any:
