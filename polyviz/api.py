@@ -7,8 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from polyviz.errors import InputError, LayerError, TargetError, did_you_mean
+from polyviz.errors import InputError, TargetError, did_you_mean
 from polyviz.explanation import Explanation
+from polyviz.layers_default import CONTAINER_TYPES as CONTAINER_TYPES  # re-exported: polyviz.cli uses it
+from polyviz.layers_default import pick_default_layer
 from polyviz.layout import from_channels_last
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability
@@ -16,9 +18,6 @@ from polyviz.registry import backend_for
 from polyviz.techniques import METHODS, Context, MethodInfo, load_all
 
 __all__ = ["explain", "methods", "default_layer", "method_function", "predict", "resolve_targets", "check_seed"]
-
-#: Layer types that only group other layers; a default layer is never one of them.
-CONTAINER_TYPES = {"Sequential", "ModuleList", "ModuleDict", "Functional", "Model"}
 
 
 def methods() -> dict[str, dict[str, Any]]:
@@ -46,13 +45,9 @@ def _method_info(name: str) -> MethodInfo:
 
 
 def default_layer(backend: Backend) -> str:
-    """The last layer with a spatial (H, W, C) map that is not a container: the usual CAM layer."""
-    spatial = [info for info in backend.layers() if info.spatial and info.type not in CONTAINER_TYPES]
-    # a 1x1 map (torch's AdaptiveAvgPool2d(1) as global pooling) is no CAM layer: skip it if possible
-    spatial = [info for info in spatial if tuple(info.output_shape[:2]) != (1, 1)] or spatial
-    if not spatial:
-        raise LayerError("layer: this model has no layer with a spatial map; pass layer= explicitly")
-    return spatial[-1].name
+    """The usual CAM layer: the outermost block whose output is the network's last spatial map,
+    after its residual add and activation (the rule is written down in :mod:`polyviz.layers_default`)."""
+    return pick_default_layer(backend.layers())
 
 
 def predict(backend: Backend, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:

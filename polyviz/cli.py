@@ -189,7 +189,7 @@ def _models_in(lm: Any, backends: list[str], args: argparse.Namespace) -> tuple[
             pre[b] = lm.preprocess
         elif lm.name in ("vgg16", "vgg19"):
             other = load_model(lm.name, b, args.weights if getattr(args, "weights", None) else None, size=args.size)
-            models[b], pre[b], names[b] = other.model, other.preprocess, {}
+            models[b], pre[b], names[b] = other.model, _with_preprocess(other, args).preprocess, {}
         else:
             converted = convert(lm.model, b, input_shape=(*lm.size, 3))
             models[b], pre[b], names[b] = converted.model, lm.preprocess, dict(converted.layer_map)
@@ -353,8 +353,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def _load_user_model(args: argparse.Namespace, backend: str | None = None) -> Any:
     from polyviz.loading import load_model
 
-    return load_model(args.model, backend if backend is not None else args.backend, args.weights, size=args.size,
-                      **_file_options(args))
+    return _with_preprocess(load_model(args.model, backend if backend is not None else args.backend, args.weights,
+                                       size=args.size, **_file_options(args)), args)
+
+
+def _with_preprocess(lm: Any, args: argparse.Namespace) -> Any:
+    """``--preprocess``, when given, replaces the loaded model's preprocessing (images are in [0, 1])."""
+    preset = getattr(args, "preprocess", None)
+    if preset is not None:
+        from polyviz.preprocess import Preprocess
+
+        lm.preprocess = Preprocess.named(preset, input_range=1.0)
+    return lm
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -553,10 +563,10 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
     key = args.model.lower()
     source = args.backend or ("keras" if args.weights and str(args.weights).lower().endswith((".h5", ".keras")) else None)
     if key in ("vgg16", "vgg19") and args.weights is None:
-        lm = load_model(key, source or "torch", None, size=args.size, seed=args.seed)
+        lm = _with_preprocess(load_model(key, source or "torch", None, size=args.size, seed=args.seed), args)
         what = f"{key} with seeded random weights (seed {args.seed}) at {args.size}x{args.size}"
     else:
-        lm = load_model(args.model, source, args.weights, size=args.size, **_file_options(args))
+        lm = _with_preprocess(load_model(args.model, source, args.weights, size=args.size, **_file_options(args)), args)
         what = f"{lm.name} at {lm.size[0]}x{lm.size[1]}"
     other = next(b for b in backends if b != lm.backend)
     converted = convert(lm.model, other, input_shape=(*lm.size, 3))
@@ -689,6 +699,20 @@ def _model_options(p: argparse.ArgumentParser, default: str | None = "demo", siz
     _trust_options(p)
 
 
+def _input_options(p: argparse.ArgumentParser, preprocess: bool = True) -> None:
+    """``--input-size`` (another name of ``--size``) and ``--preprocess``, for saved models."""
+    if preprocess:
+        from polyviz.preprocess import PRESETS
+
+        p.add_argument("--preprocess", default=None, choices=PRESETS,
+                       help="how images (read in [0, 1]) become the model's input: torchvision (ImageNet mean/std), "
+                            "caffe (BGR, 0..255, ImageNet mean subtracted), tf ([-1, 1]), raw (0..255: Keras "
+                            "EfficientNet and ConvNeXt normalise inside the model), none ([0, 1] as is). Default: "
+                            "the built-in and torchvision models' own, none for model files")
+    p.add_argument("--input-size", dest="size", type=int, default=argparse.SUPPRESS,
+                   help="the same as --size")
+
+
 def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (exit code 2); by default it is reported, left out, "
@@ -719,6 +743,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", parents=[common], help="explain images with a model: PNG per image and method, top-5 classes")
     ex.add_argument("images", nargs="+", help="image files and folders")
     _model_options(ex)
+    _input_options(ex)
     ex.add_argument("--backend", default=None, help="torch or keras (default: the file's framework, else torch)")
     ex.add_argument("--method", default="gradcam", help="method name(s), comma-separated, or 'all' (default gradcam)")
     ex.add_argument("--target", default="top1", help="class index to explain, or top1 (default: the predicted class)")
@@ -734,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
     ga = sub.add_parser("gallery", parents=[common], help="the demo's page for your model and images")
     ga.add_argument("images", nargs="+", help="image files and folders")
     _model_options(ga)
+    _input_options(ga)
     ga.add_argument("--backend", default=None, help="comma-separated backends; a model is converted to the others")
     ga.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     ga.add_argument("--target", default="top1", help="class index, or top1 (default)")
@@ -747,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cc = sub.add_parser("crosscheck", parents=[common], help="convert a model to the other framework, run every method in both, compare")
     _model_options(cc, default="vgg16", size_default=32)
+    _input_options(cc)
     cc.add_argument("--backend", default=None, help="the source framework (default: the file's, else torch)")
     cc.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
     cc.add_argument("--layer", default=None, help="CAM layer in the source model (default: the last spatial layer)")
@@ -765,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--weights", default=None, help="weights file")
     sm.add_argument("--size", type=int, default=None, help="input size in pixels (default: the model's, else 224)")
     _trust_options(sm)
+    _input_options(sm, preprocess=False)  # a layer table: preprocessing does not change it
     sm.set_defaults(func=cmd_summary)
 
     me = sub.add_parser("methods", parents=[common], help="every method, what it returns and what it needs")

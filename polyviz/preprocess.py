@@ -13,11 +13,13 @@ import numpy as np
 
 from polyviz.errors import InputError
 
-__all__ = ["Preprocess", "TORCHVISION_MEAN", "TORCHVISION_STD", "CAFFE_MEAN_BGR"]
+__all__ = ["Preprocess", "PRESETS", "TORCHVISION_MEAN", "TORCHVISION_STD", "CAFFE_MEAN_BGR"]
 
 TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+#: Preset names :meth:`Preprocess.named` knows; "none" is no preprocessing (None).
+PRESETS = ("torchvision", "caffe", "tf", "raw", "none")
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,25 @@ class Preprocess:
                    input_range=input_range)
 
     @classmethod
+    def tf(cls, input_range: float = 1.0) -> Preprocess:
+        """Keras' 'tf' mode (``preprocess_input`` of Inception v3, Xception, MobileNet, ResNet v2):
+        RGB in [0, input_range] -> [-1, 1]."""
+        return cls((1.0,), (1.0,), scale=2.0 / float(input_range), input_range=input_range)
+
+    @classmethod
+    def raw(cls, input_range: float = 1.0) -> Preprocess:
+        """RGB in [0, input_range] -> [0, 255] as is: models that normalise inside themselves
+        (Keras EfficientNet, EfficientNetV2, ConvNeXt, RegNet applications)."""
+        return cls((0.0,), (1.0,), scale=255.0 / float(input_range), input_range=input_range)
+
+    @classmethod
     def named(cls, name: str | Preprocess | None, input_range: float | None = None) -> Preprocess | None:
-        """Resolve a preset name ('torchvision', 'caffe'), a Preprocess, or None."""
-        if name is None or isinstance(name, Preprocess):
-            return name
-        presets = {"torchvision": cls.torchvision, "caffe": cls.caffe}
+        """Resolve a preset name ('torchvision', 'caffe', 'tf', 'raw', 'none'), a Preprocess, or None."""
+        if name is None or isinstance(name, Preprocess) or name == "none":
+            return None if name == "none" else name
+        presets = {"torchvision": cls.torchvision, "caffe": cls.caffe, "tf": cls.tf, "raw": cls.raw}
         if name not in presets:
-            raise InputError(f"preprocess: unknown preset {name!r}; expected one of {sorted(presets)}")
+            raise InputError(f"preprocess: unknown preset {name!r}; expected one of {list(PRESETS)}")
         return presets[name]() if input_range is None else presets[name](input_range)
 
     def arrays(self, channels: int) -> tuple[np.ndarray, np.ndarray]:

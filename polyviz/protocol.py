@@ -458,13 +458,21 @@ def materialize_masks(spec: MaskSpec, height: int, width: int) -> np.ndarray:
 @dataclass(frozen=True)
 class LayerInfo:
     """One layer: name, framework type, output shape (channels-last, no batch axis; None when
-    unknown), parameter count and trainable flag."""
+    unknown), parameter count and trainable flag.
+
+    ``tensor`` numbers the layer's output tensor in the order the forward pass produced it; layers
+    that return the same tensor share the number (a container and its last child, a nested model
+    and its output layer), and a tensor changed in place counts as a new one. None when unknown
+    (the backend cannot tell, or the layer runs more than once). :func:`polyviz.default_layer`
+    reads it.
+    """
 
     name: str
     type: str
     output_shape: tuple[int, ...] | None
     params: int
     trainable: bool
+    tensor: int | None = None
 
     @property
     def spatial(self) -> bool:

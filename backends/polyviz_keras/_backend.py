@@ -272,8 +272,11 @@ class KerasBackend(Backend):
         return out[np.arange(m), objective.targets(m)]
 
     def _layers(self) -> list[LayerInfo]:
-        from polyviz_keras._graph import iter_layers
+        import keras
 
+        from polyviz_keras._graph import iter_layers, tensor_numbers
+
+        numbers = tensor_numbers(self.model)
         infos = []
         for name, layer in iter_layers(self.model):
             try:
@@ -281,8 +284,11 @@ class KerasBackend(Backend):
                 shape = tuple(None if d is None else int(d) for d in shape[1:])
             except (AttributeError, ValueError, TypeError):
                 shape = None
-            infos.append(LayerInfo(name, type(layer).__name__, shape, int(layer.count_params()) if layer.built else 0,
-                                   bool(layer.trainable)))
+            # a raw op in the graph (``x + y``, keras.ops.*) is an Operation, not a Layer: no weights
+            is_layer = isinstance(layer, keras.layers.Layer)
+            params = int(layer.count_params()) if is_layer and layer.built else 0
+            infos.append(LayerInfo(name, type(layer).__name__, shape, params, is_layer and bool(layer.trainable),
+                                   numbers.get(name)))
         return infos
 
     def _with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:

@@ -125,6 +125,31 @@ def iter_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def tensor_numbers(model: Any) -> dict[str, int]:
+    """``LayerInfo.tensor`` for each layer of :func:`iter_layers`: its output's number in graph
+    order. A nested model shares its output layer's number; a layer with several outputs, or called
+    more than once, has none."""
+    numbers: dict[str, int] = {}
+    pending: list[tuple[str, Any]] = []
+    by_op: dict[tuple[str, int], str] = {}
+    for name, op in iter_layers(model):
+        prefix = name.rsplit(SEP, 1)[0] + SEP if SEP in name else ""
+        by_op[(prefix, id(op))] = name
+        if len(getattr(op, "_inbound_nodes", ())) > 1:
+            continue
+        if is_nested(op):
+            pending.append((name, op))
+        elif len(keras.tree.flatten(op.output)) == 1:
+            numbers[name] = len(numbers)
+    for name, op in reversed(pending):  # innermost first: a nested model inside a nested model
+        outputs = graph_of(op).outputs
+        history = getattr(outputs[0], "_keras_history", None) if len(outputs) == 1 else None
+        inner = by_op.get((name + SEP, id(history[0]))) if history else None
+        if inner in numbers:
+            numbers[name] = numbers[inner]
+    return numbers
+
+
 def final_softmax(model: Any) -> Any | None:
     """The layer that applies the model's final softmax, if the model ends in one."""
     graph = graph_of(model)

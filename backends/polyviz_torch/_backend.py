@@ -26,6 +26,13 @@ from polyviz_torch._compat import guard_triton
 #: Masked inputs per forward batch in :meth:`TorchBackend._masked_scores`.
 MASK_BATCH = 64
 
+#: Capabilities realised with Python forward hooks or a ``TorchFunctionMode``; a TorchScript module
+#: runs neither (its graph executes in C++), so on one they would fail or silently do nothing.
+HOOKED = frozenset({
+    Capability.LAYER_ACTIVATIONS, Capability.LAYER_GRADIENTS, Capability.LAYER_MASKED_SCORES,
+    Capability.LAYER_REPLACE, Capability.RELU_RULES, Capability.LRP, Capability.DEEPLIFT,
+})
+
 
 class TorchBackend(Backend):
     """``torch.nn.Module`` models, on whatever device their parameters live (CPU, CUDA).
@@ -149,6 +156,18 @@ class TorchBackend(Backend):
             # floats as float32; integer/bool/complex tensors keep their dtype for check_input to refuse
             return (x.float() if x.is_floating_point() else x).cpu().numpy()
         return super().as_numpy(x)
+
+    def require(self, capability: str) -> None:
+        """As :meth:`Backend.require`; on a TorchScript module the capabilities that need hooks are
+        refused with that reason (guided backprop there would silently be saliency)."""
+        torch = sys.modules.get("torch")
+        if capability in HOOKED and torch is not None and isinstance(self.model, torch.jit.ScriptModule):
+            raise CapabilityError(
+                f"model: a TorchScript module runs no Python hooks, and {capability!r} needs them (layer "
+                "outputs, CAMs, ReLU rules, LRP, DeepLIFT); gradient and perturbation methods work. For the "
+                "others load the Python nn.Module (torch.save(model), or its class and state_dict)"
+            )
+        super().require(capability)
 
     # ---- helpers ----------------------------------------------------------------------------
     def _runner(self) -> Any:

@@ -56,7 +56,7 @@ def leaf_trace(model: nn.Module, size: tuple[int, int, int]) -> tuple[list[tuple
     """Run a zero batch of (H, W, C) ``size`` and list the modules as they start, with the NCHW
     input and output shapes of their first call: [(path, module, in_shape, out_shape)]."""
     records, error = _run(model, size)
-    return [(name, module, ins, outs) for name, module, ins, outs, _ in records], error
+    return [(name, module, ins, outs) for name, module, ins, outs, _, _ in records], error
 
 
 def _run(model: nn.Module, size: tuple[int, int, int]) -> tuple[list, Exception | None]:
@@ -65,6 +65,9 @@ def _run(model: nn.Module, size: tuple[int, int, int]) -> tuple[list, Exception 
     order: list[str] = []
     first: dict[str, list] = {}
     counts: dict[str, int] = {}
+    #: (id, version) of each output tensor -> its number in production order; the tensors are kept
+    #: alive by ``first`` so no id is reused. An in-place op bumps the version: a new tensor.
+    numbers: dict[tuple[int, int], int] = {}
     handles = []
     modules = [(name, m) for name, m in model.named_modules() if name]
 
@@ -84,6 +87,8 @@ def _run(model: nn.Module, size: tuple[int, int, int]) -> tuple[list, Exception 
             if record is not None and record[3] is None:
                 record[2] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
                 record[3] = output
+                if isinstance(output, torch.Tensor):
+                    record.append(numbers.setdefault((id(output), output._version), len(numbers)))
 
         return hook
 
@@ -106,8 +111,9 @@ def _run(model: nn.Module, size: tuple[int, int, int]) -> tuple[list, Exception 
                 module.training = flag
     records = []
     for name in order:
-        module, ins, outs, output = first[name]
-        records.append((name, module, ins, outs, (_shape(output), counts[name])))
+        module, ins, outs, output, *number = first[name]
+        tensor = number[0] if number and counts[name] == 1 else None  # a module run twice: ambiguous
+        records.append((name, module, ins, outs, (_shape(output), counts[name]), tensor))
     return records, error
 
 
@@ -117,10 +123,10 @@ def probe(model: nn.Module, size: tuple[int, int, int]) -> Probe:
     infos: list[LayerInfo] = []
     calls: dict[str, int] = {}
     seen = set()
-    for name, module, _, _, (shape, count) in records:
+    for name, module, _, _, (shape, count), tensor in records:
         seen.add(name)
         calls[name] = count
-        infos.append(_info(name, module, shape))
+        infos.append(_info(name, module, shape, tensor))
     for name, module in model.named_modules():
         if name and name not in seen:
             infos.append(_info(name, module, None))
@@ -128,7 +134,7 @@ def probe(model: nn.Module, size: tuple[int, int, int]) -> Probe:
     fused: dict[str, str] = {}
     previous: tuple | None = None
     previous_leaf: tuple[str, nn.Module] | None = None
-    for name, module, _ins, outs, _ in records:
+    for name, module, _ins, outs, _, _ in records:
         if next(module.children(), None) is not None:
             continue  # containers: only leaves carry the data flow
         if isinstance(module, nn.ReLU) and previous_leaf is not None:
@@ -144,7 +150,7 @@ def probe(model: nn.Module, size: tuple[int, int, int]) -> Probe:
     return Probe(infos, calls, flattened, fused, error is None)
 
 
-def _info(name: str, module: nn.Module, shape: tuple[int, ...] | None) -> LayerInfo:
+def _info(name: str, module: nn.Module, shape: tuple[int, ...] | None, tensor: int | None = None) -> LayerInfo:
     params = list(module.parameters())
     return LayerInfo(
         name=name,
@@ -152,4 +158,5 @@ def _info(name: str, module: nn.Module, shape: tuple[int, ...] | None) -> LayerI
         output_shape=shape,
         params=int(sum(p.numel() for p in params)),
         trainable=any(p.requires_grad for p in params),
+        tensor=tensor,
     )

@@ -293,28 +293,48 @@ def _softmax_target(outputs: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 def _unique_channel_masks(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For one sample's activations (h, w, C): the distinct Score-CAM masks (U, h, w) and, per
-    channel, the index of its mask. Upsampling is linear and the min-max normalisation is affine
-    invariant, so channels equal up to a positive affine map give the same mask, and every constant
-    channel gives the all-zero mask; each distinct mask is evaluated once."""
+    channel, the index of its mask (-1: no pass needed). Upsampling is linear and the min-max
+    normalisation is affine invariant, so channels equal up to a positive affine map give the same
+    mask, and every constant channel gives the all-zero mask; each distinct mask is evaluated once.
+    An all-zero channel adds ``w_c * 0`` to the map whatever its weight: it gets no mask at all, so
+    the all-zero mask is evaluated only for constant channels that are not zero."""
     maps = np.moveaxis(a, -1, 0).astype(np.float64)  # (C, h, w)
     flat = maps.reshape(len(maps), -1)
+    zero = ~flat.any(axis=1)
+    inverse = np.full(len(maps), -1, dtype=np.int64)
+    if zero.all():
+        return np.zeros((0, *maps.shape[1:]), np.float32), inverse
+    flat, maps = flat[~zero], maps[~zero]
     lo = flat.min(axis=1, keepdims=True)
     span = flat.max(axis=1, keepdims=True) - lo
     const = span[:, 0] <= 0
     keys = np.where(const[:, None], 0.0, (flat - lo) / np.where(const[:, None], 1.0, span))
-    _, first, inverse = np.unique(keys.astype(np.float32), axis=0, return_index=True, return_inverse=True)
+    _, first, unique_inverse = np.unique(keys.astype(np.float32), axis=0, return_index=True, return_inverse=True)
     masks = maps[first]
     masks[const[first]] = 0.0
-    return masks.astype(np.float32), inverse.reshape(-1)
+    inverse[~zero] = unique_inverse.reshape(-1)
+    return masks.astype(np.float32), inverse
+
+
+def _top_channels(a: np.ndarray, k: int | None) -> np.ndarray:
+    """Faster Score-CAM's channel choice for one sample's activations (h, w, C): the ``k`` channels
+    of largest spatial variance, largest first, ties to the lower index (``tf.math.top_k``'s order,
+    as tf-keras-vis' ``max_N``); every channel when ``k`` is None or >= C."""
+    c = a.shape[-1]
+    if k is None or k >= c:
+        return np.arange(c)
+    var = a.reshape(-1, c).astype(np.float64).var(axis=0)
+    return np.argsort(-var, kind="stable")[:k]
 
 
 @method(
     "scorecam",
-    "Score-CAM (Wang et al. 2019, arXiv:1910.01279): channel weight = target score of the input masked by the channel's upsampled, min-max normalised map; no gradients",
+    "Score-CAM (Wang et al. 2020, CVPR workshops, arXiv:1910.01279): channel weight = target score of the input masked by the channel's upsampled, min-max normalised map; no gradients",
     kind="map", needs_layer=True,
     capabilities=(Capability.LAYER_ACTIVATIONS, Capability.MASKED_SCORES), family="cam",
 )
-def scorecam(ctx: Context, *, score: str = "softmax", upsample: str = "bilinear") -> Result:
+def scorecam(ctx: Context, *, score: str = "softmax", upsample: str = "bilinear",
+             max_channels: int | None = None) -> Result:
     """Score-CAM: ReLU(sum_c w_c A_c), w_c = softmax probability (``score="softmax"``) or logit
     (``score="logit"``) of the target class for ``x * m_c``, where ``m_c`` is channel c upsampled
     (bilinear, the polyviz definition) and min-max normalised to [0, 1] (baseline 0).
@@ -322,11 +342,22 @@ def scorecam(ctx: Context, *, score: str = "softmax", upsample: str = "bilinear"
     As pytorch-grad-cam and tf-keras-vis, the paper's baseline score f(x_b) is not subtracted
     (it shifts every weight alike). pytorch-grad-cam then takes a softmax of the weights over the
     channels; tf-keras-vis uses the class probabilities, as here. Identical masks (constant
-    channels, duplicated channels) are evaluated once; masks are batched ``batch_size`` (32)
-    at a time, across samples.
+    channels, duplicated channels) are evaluated once and all-zero channels not at all (their
+    term is 0 whatever their weight); masks are batched ``batch_size`` (32) at a time, across
+    samples. ``metadata["forward_passes"]`` counts the masked inputs evaluated.
+
+    ``max_channels=k``: Faster Score-CAM (tabayashi0117, github.com/tabayashi0117/Score-CAM;
+    tf-keras-vis' ``max_N``): only the k channels of largest spatial variance of A_c enter the
+    map, at most k passes per sample instead of C. The channels are chosen per sample
+    (tf-keras-vis takes the union over the batch, which is the same for one image);
+    ``max_channels >= C`` or None is full Score-CAM.
     """
     if score not in ("softmax", "logit"):
         raise InputError(f"score: expected 'softmax' or 'logit', got {score!r}")
+    if max_channels is not None and (
+        isinstance(max_channels, bool) or not isinstance(max_channels, int | np.integer) or max_channels < 1
+    ):
+        raise InputError(f"max_channels: expected a positive int or None, got {max_channels!r}")
     _check_upsample(upsample)
     layer = _layer(ctx)
     acts, outputs = _activation_pass(ctx, layer)
@@ -334,10 +365,13 @@ def scorecam(ctx: Context, *, score: str = "softmax", upsample: str = "bilinear"
     masks, owners, inverses = [], [], []
     offset = 0
     for n in range(len(acts)):
-        m, inv = _unique_channel_masks(acts[n])
+        channels = _top_channels(acts[n], max_channels)
+        m, inv = _unique_channel_masks(acts[n][..., channels])
+        full = np.full(acts.shape[-1], -1, dtype=np.int64)
+        full[channels] = np.where(inv >= 0, inv + offset, -1)
         masks.append(m)
         owners.append(np.full(len(m), n, dtype=np.int64))
-        inverses.append(inv + offset)
+        inverses.append(full)
         offset += len(m)
     masks_all = np.concatenate(masks)
     owner = np.concatenate(owners)
@@ -354,7 +388,9 @@ def scorecam(ctx: Context, *, score: str = "softmax", upsample: str = "bilinear"
                 ctx.x[samples], spec, 0.0, sample_index=local, objective=ClassScore(targets)
             )
             weights_unique[sl] = np.asarray(out, np.float64)
-    weights = np.stack([weights_unique[inv] for inv in inverses])  # (N, C)
+    # (N, C): a channel without a mask (index -1: all zero, or not among the max_channels) weighs 0
+    padded = np.append(weights_unique, 0.0)
+    weights = np.stack([padded[inv] for inv in inverses])
     layer_map = _relu(_weighted_sum(acts, weights))
     return _result(ctx, layer_map, base_scores, upsample, forward_passes=int(len(masks_all)))
 
