@@ -2,7 +2,7 @@
 
 Each VGG16 test runs on "mini" (VGG16's layer pattern, narrow, 64 px) by default and at 224 px in
 the slow set (``python -m pytest -m slow``). Outputs are compared in float64 across frameworks (to
-1e-6; measured ~1e-15) and, in float32, against the round-off each framework shows against its own
+1e-6; measured 0 to 1e-7 after the protocol's float32 rounding) and, in float32, against the round-off each framework shows against its own
 float64 run (backends.assert_agree), so that no bound depends on one CPU's float32 kernels."""
 
 import numpy as np
@@ -106,7 +106,10 @@ def test_keras_vgg16_to_torch(size):
         del kv, converted, tmodel
         release()
     r32, r64 = results[False], results[True]
-    assert_agree(r32["softmax"], r32["probs"], r64["softmax"], r64["probs"], "softmax of torch logits = keras probabilities")
+    # the torch logits come back rounded to float32 (the protocol) and Keras' float64 probabilities
+    # do not: the softmax carries that rounding, ~6e-8 times the logits' spread (1.1e-7 on "mini")
+    assert_agree(r32["softmax"], r32["probs"], r64["softmax"], r64["probs"], "softmax of torch logits = keras probabilities",
+                 tol64=1e-5)
     assert_agree(r32["torch"], r32["keras"], r64["torch"], r64["keras"], "the keras backend scores pre-softmax logits")
 
 

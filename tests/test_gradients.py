@@ -356,7 +356,8 @@ def test_seeded_vgg16_torch_and_keras(size):
     """Seeded VGG16 (the same numpy weights in both frameworks), every gradient method, "mini"
     (VGG16's layer pattern, narrow, 64 px) by default and 224 px in the slow set.
 
-    The methods are compared in float64, where torch and Keras agree to 1e-6 (measured ~3e-15).
+    The methods are compared in float64, where torch and Keras agree to 1e-6 (measured: ~3e-15
+    before the protocol's float32 rounding, identical after it).
     In float32 the logits agree to ~3e-6, but in 13 conv layers of random weights a few ReLU
     decisions sit within float32 round-off of zero and flip between oneDNN and ATen (measured on
     one machine at 224 px: 6 of ~13.6M units, |pre-activation| <= 6e-7 against a layer rms of ~1).
