@@ -8,7 +8,7 @@ from numpy_backend import NumpyBackend
 
 import polyviz
 import polyviz.models
-from backends import both_frameworks, build, have, rel
+from backends import SIZES, both_frameworks, build, have, px, rel, seeded_vgg16
 from polyviz import registry
 from polyviz.errors import LayerError
 from polyviz.interpolation import resize
@@ -340,10 +340,11 @@ def test_pytorch_grad_cam_scorecam(monkeypatch):
     assert pgc_compare(e.layer_attribution, ref, (32, 32)) >= 0.999
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("ours, theirs", [("gradcam", "GradCAM"), ("gradcam_plus_plus", "GradCAMPlusPlus"),
                                           ("layercam", "LayerCAM"), ("eigencam", "EigenCAM")])
-def test_pytorch_grad_cam_seeded_vgg16(ours, theirs, monkeypatch):
+def test_pytorch_grad_cam_seeded_vgg16(ours, theirs, size, monkeypatch):
+    """pytorch-grad-cam on seeded VGG16 at features.29: "mini" by default, 224 px in the slow set."""
     pgc = pytest.importorskip("pytorch_grad_cam")
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
@@ -355,14 +356,14 @@ def test_pytorch_grad_cam_seeded_vgg16(ours, theirs, monkeypatch):
         from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection_with_sign_correction
 
         monkeypatch.setattr(eigen_cam, "get_2d_projection", get_2d_projection_with_sign_correction)
-    model = polyviz.models.vgg16(backend="torch", seed=0).eval()
-    x = images(1, (224, 224, 3), seed=0)
+    model = seeded_vgg16(size, "torch")
+    x = images(1, (px(size), px(size), 3), seed=0)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     opts = {"eps": 1e-6} if ours == "gradcam_plus_plus" else {}
     e = explain(model, x, ours, layer="features.29", **opts)
     target = int(e.target[0])
     ref = _pgc_run(getattr(pgc, theirs), model, model.features[29], xt, [ClassifierOutputTarget(target)])
-    assert pgc_compare(e.layer_attribution, ref, (224, 224)) >= 0.999
+    assert pgc_compare(e.layer_attribution, ref, (px(size), px(size))) >= 0.999
 
 
 # --------------------------------------------------------------------------------------------

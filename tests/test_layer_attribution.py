@@ -11,9 +11,20 @@ import pytest
 
 import polyviz
 import polyviz.models
-from backends import both_frameworks, build, captum_pool_safe, have, rel
+from backends import (
+    SIZES,
+    assert_agree,
+    both_frameworks,
+    build,
+    captum_pool_safe,
+    converted_vgg16,
+    have,
+    px,
+    rel,
+    release,
+    seeded_vgg16,
+)
 from polyviz.errors import InputError, LayerError, TargetError
-from polyviz.models import convert
 from polyviz.models.spec import vgg_spec
 from polyviz.registry import backend_class
 
@@ -315,15 +326,15 @@ def test_keras_replaced_forward_is_compiled_once():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_captum_layer_conductance_seeded_vgg16():
+@pytest.mark.parametrize("size", SIZES)
+def test_captum_layer_conductance_seeded_vgg16(size):
     import torch
     from captum.attr import LayerConductance
 
     if not have("torch"):
         pytest.skip("the torch backend is not available")
-    model = polyviz.models.vgg16(backend="torch", seed=0).eval()
-    x = images(1, (224, 224, 3), seed=0)
+    model = seeded_vgg16(size, "torch")
+    x = images(1, (px(size), px(size), 3), seed=0)
     ref = LayerConductance(model, model.features[28]).attribute(
         torch.from_numpy(nchw(x)), target=7, n_steps=2, method="riemann_trapezoid")
     e = explain(model, x, "layer_conductance", target=7, layer="features.28", n_steps=2, method="riemann_trapezoid")
@@ -332,40 +343,39 @@ def test_captum_layer_conductance_seeded_vgg16():
     assert rel(e.attribution, expected) <= 1e-4
 
 
-@pytest.mark.slow
 @both_frameworks
-def test_converted_vgg16_torch_and_keras_agree():
-    """torchvision's VGG16 converted to Keras: every layer and neuron method agrees to 1e-3.
+@pytest.mark.parametrize("size", SIZES)
+def test_converted_vgg16_torch_and_keras_agree(size):
+    """torchvision's VGG16 converted to Keras ("mini": a narrow 64 px torch VGG16 by default; 224 px
+    in the slow set): every layer and neuron method agrees across frameworks.
 
     Attributed at block5's pool output (features.30 / block5_pool) rather than at features.29: on
-    this input block5's pool sees a float32 near-tie in one window that torch and Keras resolve
-    differently (see tests/test_crossframework_vgg16.py), which moves the gradient at features.29 by
-    one row (measured 6e-2 for layer_gradient_x_activation there). Above the pool no argmax is
-    differentiated, and the pool's value differs only by the round-off. Measured: 2e-6 (layer
-    integrated gradients, layer conductance, neuron conductance); neuron_gradient_shap 1.5e-3 (below)."""
-    import torch
-    import torchvision
-
-    torch.manual_seed(0)
-    tv = torchvision.models.vgg16().eval()
-    converted = convert(tv, to="keras")
-    x = images(1, (224, 224, 3), seed=1)
+    the 224 px input block5's pool sees a float32 near-tie in one window that torch and Keras
+    resolved differently on one machine (see tests/test_crossframework_vgg16.py), moving the
+    gradient at features.29 by one row (measured 6e-2 for layer_gradient_x_activation there).
+    Which near-ties flip is the CPU's business, so the methods are compared in float64 (1e-6), and
+    the float32 results are held to the noise floor each framework shows against its own float64
+    run (backends.assert_agree); the fixed 1e-3 / 3e-3 bounds measured on one machine are gone."""
+    x = images(1, (px(size), px(size), 3), seed=1)
     layer = "features.30"
-    klayer = converted.layer_map[layer]
-    neuron = (3, 3, 203)
-    for method, kw in [("layer_activation", {}), ("layer_gradient_x_activation", {}),
-                       ("layer_integrated_gradients", {"n_steps": 2}),
-                       ("layer_conductance", {"n_steps": 2, "method": "riemann_trapezoid"}),
-                       ("internal_influence", {"n_steps": 2}),
-                       ("neuron_gradient", {"neuron": neuron}),
-                       ("neuron_integrated_gradients", {"n_steps": 2, "neuron": neuron}),
-                       ("neuron_conductance", {"n_steps": 2, "neuron": neuron}),
-                       ("neuron_gradient_shap", {"n_samples": 2, "neuron": neuron}),
-                       ("neuron_deeplift_shap", {"neuron": neuron})]:
-        a = explain(tv, x, method, target=3, layer=layer, **kw)
-        b = explain(converted.model, x, method, target=3, layer=klayer, **kw)
-        assert np.abs(a.attribution).max() > 0, method
-        # a raw input gradient at random points of the path meets the float32 ReLU near-ties that
-        # move VGG16's saliency by 2.8e-3 across frameworks (tests/test_gradients.py): measured 1.5e-3
-        tol = 3e-3 if method == "neuron_gradient_shap" else 1e-3
-        assert rel(b.attribution, a.attribution) <= tol, method
+    neuron = (3, 3, 203) if size == "full" else (1, 1, 20)
+    cases = [("layer_activation", {}), ("layer_gradient_x_activation", {}),
+             ("layer_integrated_gradients", {"n_steps": 2}),
+             ("layer_conductance", {"n_steps": 2, "method": "riemann_trapezoid"}),
+             ("internal_influence", {"n_steps": 2}),
+             ("neuron_gradient", {"neuron": neuron}),
+             ("neuron_integrated_gradients", {"n_steps": 2, "neuron": neuron}),
+             ("neuron_conductance", {"n_steps": 2, "neuron": neuron}),
+             ("neuron_gradient_shap", {"n_samples": 2, "neuron": neuron}),
+             ("neuron_deeplift_shap", {"neuron": neuron})]
+    results = {}
+    for float64 in (False, True):
+        tmodel, converted = converted_vgg16(size, float64=float64)
+        for method, kw in cases:
+            results[method, "torch", float64] = explain(tmodel, x, method, target=3, layer=layer, **kw).attribution
+            results[method, "keras", float64] = explain(converted.model, x, method, target=3,
+                                                        layer=converted.layer_map[layer], **kw).attribution
+        del tmodel, converted
+        release()
+    for method, _ in cases:
+        assert_agree(*(results[method, b, f] for f in (False, True) for b in ("torch", "keras")), method)

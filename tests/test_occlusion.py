@@ -7,7 +7,7 @@ from numpy_backend import NumpyBackend
 
 import polyviz
 import polyviz.models
-from backends import both_frameworks, build, have, rel
+from backends import SIZES, assert_agree, both_frameworks, build, have, px, rel, release, seeded_vgg16
 from polyviz.errors import InputError
 from polyviz.models.spec import random_weights, vgg_spec
 from polyviz.testing import tiny_spec
@@ -125,19 +125,20 @@ def test_captum_occlusion():
         assert rel(e.attribution, ref[:, 0]) <= 1e-4, (window, stride)
 
 
-@pytest.mark.slow
-def test_captum_occlusion_seeded_vgg16():
+@pytest.mark.parametrize("size", SIZES)
+def test_captum_occlusion_seeded_vgg16(size):
     pytest.importorskip("captum")
     import torch
     from captum.attr import Occlusion
 
     if not have("torch"):
         pytest.skip("the torch backend is not available")
-    model = polyviz.models.vgg16(backend="torch", seed=0).eval()
-    x = images(1, (224, 224, 3), seed=0)
-    ref = Occlusion(model).attribute(torch.from_numpy(nchw(x)), sliding_window_shapes=(3, 64, 64),
-                                     strides=(3, 64, 64), target=9, perturbations_per_eval=16).detach().numpy()
-    e = explain(model, x, target=9, window=64, stride=64)
+    model = seeded_vgg16(size, "torch")
+    x = images(1, (px(size), px(size), 3), seed=0)
+    w = 64 if size == "full" else 16  # at 224 px the last row and column of windows are partial
+    ref = Occlusion(model).attribute(torch.from_numpy(nchw(x)), sliding_window_shapes=(3, w, w),
+                                     strides=(3, w, w), target=9, perturbations_per_eval=16).detach().numpy()
+    e = explain(model, x, target=9, window=w, stride=w)
     assert rel(e.attribution, ref[:, 0]) <= 1e-4
 
 
@@ -171,12 +172,17 @@ def test_same_maps_in_torch_and_keras():
         assert rel(native.attribution, a.attribution) <= 1e-6
 
 
-@pytest.mark.slow
 @both_frameworks
-def test_seeded_vgg16_torch_and_keras():
-    if not (have("torch") and have("keras")):
-        pytest.skip("needs both backends")
-    x = images(1, (224, 224, 3), seed=1)
-    a = explain(polyviz.models.vgg16(backend="torch", seed=0).eval(), x, target=3, window=112, stride=56)
-    b = explain(polyviz.models.vgg16(backend="keras", seed=0), x, target=3, window=112, stride=56)
-    assert rel(b.attribution, a.attribution) <= 1e-3
+@pytest.mark.parametrize("size", SIZES)
+def test_seeded_vgg16_torch_and_keras(size):
+    """Seeded VGG16 in both frameworks, windows of half the image at quarter strides; "mini" by
+    default, 224 px in the slow set. Occlusion differences are score differences, continuous in
+    the weights, but a ReLU/max-pool near-tie that float32 resolves differently on another CPU still
+    moves a score: compared in float64 to 1e-6, and in float32 to the measured noise floor
+    (backends.assert_agree) instead of the fixed 1e-3 that held on one machine."""
+    x = images(1, (px(size), px(size), 3), seed=1)
+    results = [explain(seeded_vgg16(size, backend, float64=float64), x, target=3, window=px(size) // 2,
+                       stride=px(size) // 4).attribution
+               for float64 in (False, True) for backend in ("torch", "keras")]
+    release()
+    assert_agree(*results, "occlusion")

@@ -7,7 +7,7 @@ import pytest
 from numpy_backend import NumpyBackend
 
 import polyviz
-from backends import INSTALLED, both_frameworks, keras_float64, rel
+from backends import INSTALLED, SIZES, both_frameworks, keras_float64, rel, seeded_vgg16
 from polyviz import registry
 from polyviz.errors import InputError, LayerError, TargetError
 from polyviz.models.spec import random_weights, vgg_spec
@@ -318,8 +318,8 @@ def test_same_seed_same_trajectory_in_torch_and_keras():
 
 
 @both_frameworks
-@pytest.mark.slow
-def test_same_seed_same_trajectory_on_converted_vgg16_float64(monkeypatch):
+@pytest.mark.parametrize("size", SIZES)
+def test_same_seed_same_trajectory_on_converted_vgg16_float64(size, monkeypatch):
     """Seeded VGG16 in torch (float64) and its convolutional trunk converted to Keras with
     polyviz.models.convert (float64): visualize_filter on block5_conv3 (features.29, after its
     ReLU) starts from bit-identical images in both frameworks and agrees to 1e-5 after 3 steps
@@ -327,12 +327,14 @@ def test_same_seed_same_trajectory_on_converted_vgg16_float64(monkeypatch):
     float32 ReLU and max-pool near-ties that otherwise separate the frameworks at VGG16 depth (see
     tests/test_crossframework_vgg16.py). The dense head is left out of the conversion: a filter's
     objective does not reach it, and a Keras VGG16 head fixes the input at 224 px, where this
-    would take a minute; at 64 px it takes seconds."""
+    would take a minute; at 64 px it takes seconds. "mini" (VGG16's layer pattern, narrow) by
+    default, VGG16's own widths in the slow set."""
     import torch
 
     from polyviz.optimisation import loop
 
-    tmodel = polyviz.models.vgg16(backend="torch", seed=0).eval()
+    tmodel = seeded_vgg16(size, "torch")
+    channels = [0, 7, 300] if size == "full" else [0, 7, 30]
     trunk = torch.nn.Sequential(*tmodel.features, torch.nn.Flatten())  # module names "0".."30" as in features
     with keras_float64():
         converted = polyviz.models.convert(trunk, "keras", input_shape=(64, 64, 3))
@@ -353,8 +355,8 @@ def test_same_seed_same_trajectory_on_converted_vgg16_float64(monkeypatch):
     # the default scale and rotation grow with the layer's depth among the weighted layers, which
     # differs between VGG16 (13 of 16) and its trunk (13 of 13): set them
     kw = dict(steps=3, size=64, seed=0, scale=(0.9, 1.1), rotate=10.0, progress=False)
-    t = polyviz.visualize_filter(tmodel, "features.29", [0, 7, 300], **kw)
-    k = polyviz.visualize_filter(kmodel, klayer, [0, 7, 300], **kw)
+    t = polyviz.visualize_filter(tmodel, "features.29", channels, **kw)
+    k = polyviz.visualize_filter(kmodel, klayer, channels, **kw)
     assert len(seen["torch"]) == len(seen["keras"]) == 3
     np.testing.assert_array_equal(seen["torch"][0], seen["keras"][0])  # the same start (after the same transform)
     assert rel(seen["keras"][2], seen["torch"][2]) <= 1e-5  # the third step's input
