@@ -59,12 +59,14 @@ def vgg(name: str, weights: Any = None) -> Any:
     if name not in FILES:
         raise InputError(f"name: expected 'vgg16' or 'vgg19', got {name!r}")
     builder = keras.applications.VGG16 if name == "vgg16" else keras.applications.VGG19
+    path = None
+    if weights is not None:  # the file first: a missing one fails before 138M parameters are built
+        path = imagenet_file(name) if weights == "imagenet" else Path(os.fspath(weights)).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights: no weights file at {path}")
     model = builder(include_top=True, weights=None)
-    if weights is None:
+    if path is None:
         return model
-    path = imagenet_file(name) if weights == "imagenet" else Path(os.fspath(weights)).expanduser()
-    if not path.is_file():
-        raise WeightsNotFoundError(f"weights: no weights file at {path}")
     if path.name.endswith(".keras"):
         from polyviz_keras._load import load_model
 

@@ -74,7 +74,11 @@ def load_state_dict(model: nn.Module, path: str, *, trust_pickle: bool = False) 
 
     if not os.path.isfile(path):
         raise WeightsNotFoundError(f"weights: no file at {path!r}")
-    state = read_state_dict(path, trust_pickle=trust_pickle)
+    fit_state_dict(model, read_state_dict(path, trust_pickle=trust_pickle), path)
+
+
+def fit_state_dict(model: nn.Module, state: dict, path: str) -> None:
+    """Load ``state`` (read from ``path``) into ``model``; mismatched keys or shapes give a ModelError."""
     own = model.state_dict()
     problems = [f"missing {k}" for k in own if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in own]
@@ -99,13 +103,22 @@ def vgg(name: str, weights: Any = None) -> nn.Module:
 
     if name not in _NAMES:
         raise InputError(f"name: expected one of {_NAMES}, got {name!r}")
-    model = getattr(tvm, name)(weights=None)
+    # the file is found and read before 138M parameters are built: a missing or refused file fails fast
     if weights is None:
-        pass
+        path = None
     elif isinstance(weights, str) and weights == "imagenet":
-        load_state_dict(model, _imagenet_file(name))
+        path = _imagenet_file(name)
     elif isinstance(weights, str | os.PathLike):
-        load_state_dict(model, os.fspath(weights))
+        path = os.fspath(weights)
+        if not os.path.isfile(path):
+            raise WeightsNotFoundError(f"weights: no file at {path!r}")
     else:
         raise InputError(f"weights: expected None, 'imagenet' or a file path, got {type(weights).__name__}")
+    if path is None:
+        return getattr(tvm, name)(weights=None).eval()
+    from polyviz_torch._load import read_state_dict
+
+    state = read_state_dict(path)
+    model = getattr(tvm, name)(weights=None)
+    fit_state_dict(model, state, path)
     return model.eval()
