@@ -5,36 +5,14 @@
 import numpy as np
 import pytest
 from numpy_backend import NumpyBackend
+from test_cam import conv_same_relu, gap_spec  # the CAM tests' net and its hand-written conv
 
 import polyviz
 from backends import build, have
 from polyviz import registry
 from polyviz.errors import InputError
 from polyviz.interpolation import resize
-from polyviz.models.spec import LayerSpec, NetworkSpec, random_weights, vgg_spec
-
-
-def _spec(filters):
-    """conv 3x3 same + ReLU -> global average pooling -> dense (logits), on 8x8x3 images."""
-    return NetworkSpec(
-        (8, 8, 3),
-        (
-            LayerSpec("conv2d", "conv1", {"filters": filters, "kernel_size": (3, 3), "strides": (1, 1),
-                                          "padding": "same", "activation": "relu", "use_bias": True}),
-            LayerSpec("global_avgpool", "gap"),
-            LayerSpec("dense", "predictions", {"units": 3, "activation": None, "use_bias": True}),
-        ),
-    )
-
-
-def _conv_same_relu(x, kernel, bias):
-    n, h, w, _ = x.shape
-    pad = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    out = np.zeros((n, h, w, kernel.shape[-1]))
-    for dy in range(3):
-        for dx in range(3):
-            out += np.einsum("nhwi,io->nhwo", pad[:, dy : dy + h, dx : dx + w], kernel[dy, dx])
-    return np.maximum(out + bias, 0.0)
+from polyviz.models.spec import random_weights, vgg_spec
 
 
 def _hand_scorecam(net, x, acts, target, channels):
@@ -64,7 +42,7 @@ def numpy_net(monkeypatch):
     monkeypatch.setattr(NumpyBackend, "_masked_scores", counting)
 
     def make(filters, seed, bias=None):
-        spec = _spec(filters)
+        spec = gap_spec(filters=filters)
         weights = random_weights(spec, seed)
         if bias is not None:
             weights["conv1"]["bias"] = np.asarray(bias, np.float32)
@@ -82,7 +60,7 @@ def test_all_zero_channels_cost_no_forward_pass(numpy_net):
     bias = np.array([0.1, -100, 0.2, -100, -100, 0.0], np.float32)  # channels 1, 3, 4: zero after ReLU
     model, weights, calls = numpy_net(6, 3, bias)
     x = np.random.default_rng(1).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
-    acts = _conv_same_relu(x, weights["conv1"]["kernel"], bias)[0]
+    acts = conv_same_relu(x, weights["conv1"]["kernel"], bias)[0]
     assert not acts[..., [1, 3, 4]].any() and acts[..., [0, 2, 5]].std(axis=(0, 1)).min() > 0
     e = _explain(model, x, target=2)
     assert sum(calls) == e.options["forward_passes"] == 3
@@ -93,7 +71,7 @@ def test_all_zero_channels_cost_no_forward_pass(numpy_net):
 def test_max_channels_keeps_the_channels_of_largest_variance(numpy_net):
     model, weights, calls = numpy_net(8, 11)
     x = np.random.default_rng(2).uniform(0, 1, (2, 8, 8, 3)).astype(np.float32)
-    acts = _conv_same_relu(x, weights["conv1"]["kernel"], weights["conv1"]["bias"])
+    acts = conv_same_relu(x, weights["conv1"]["kernel"], weights["conv1"]["bias"])
     e = _explain(model, x, target=[0, 1], max_channels=3)
     assert sum(calls) == e.options["forward_passes"] <= 6
     net = NumpyBackend(model)
@@ -108,7 +86,7 @@ def test_max_channels_keeps_the_channels_of_largest_variance(numpy_net):
 def test_max_channels_of_at_least_the_width_is_full_scorecam(numpy_net):
     model, weights, _ = numpy_net(5, 4)
     x = np.random.default_rng(3).uniform(0, 1, (1, 8, 8, 3)).astype(np.float32)
-    acts = _conv_same_relu(x, weights["conv1"]["kernel"], weights["conv1"]["bias"])[0]
+    acts = conv_same_relu(x, weights["conv1"]["kernel"], weights["conv1"]["bias"])[0]
     expected = _hand_scorecam(NumpyBackend(model), x, acts, 1, range(5))
     assert np.abs(expected).max() > 0
     for k in (None, 5, 9):
