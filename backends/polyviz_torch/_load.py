@@ -219,7 +219,7 @@ def _load_file(path: str, trust_pickle: bool) -> Any:
                 except _NeedsPickle as exc:
                     if not trust_pickle:
                         raise _refuse_pickle("model", path, exc.detail) from None
-                    model = torch.load(path, map_location="cpu", weights_only=False)
+                    model = _full_pickle(path, "model")
     except (UntrustedFileError, ModelError) as exc:
         if str(exc).startswith("model: "):
             raise
