@@ -59,6 +59,19 @@ def images(n, shape, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, size=(n, *shape)).astype(np.float32)
 
 
+def count_masked_passes(monkeypatch) -> list[int]:
+    """A list that receives the number of masks of every masked-scores call the numpy backend makes."""
+    calls: list[int] = []
+    original = NumpyBackend._masked_scores
+
+    def counting(self, x, masks, baseline, sample_index, objective):
+        calls.append(len(masks))
+        return original(self, x, masks, baseline, sample_index, objective)
+
+    monkeypatch.setattr(NumpyBackend, "_masked_scores", counting)
+    return calls
+
+
 def conv_same_relu(x, kernel, bias):
     """3x3 'same' convolution + ReLU, by hand (x (N,H,W,Cin), kernel (3,3,Cin,Cout))."""
     n, h, w, _ = x.shape
@@ -157,14 +170,7 @@ def test_scorecam_evaluates_identical_masks_once(monkeypatch):
     k[..., 2] = 2.0 * k[..., 0]  # channel 2 = 2 * channel 0 before the bias...
     weights["conv1"]["bias"] = np.array([0, 0.5, 0, -100, 0, 0], np.float32)  # ...and 3 all zero
     model, _ = NumpyBackend.build(spec, weights)
-    calls = []
-    original = NumpyBackend._masked_scores
-
-    def counting(self, x, masks, baseline, sample_index, objective):
-        calls.append(len(masks))
-        return original(self, x, masks, baseline, sample_index, objective)
-
-    monkeypatch.setattr(NumpyBackend, "_masked_scores", counting)
+    calls = count_masked_passes(monkeypatch)
     x = images(1, spec.input_shape)
     e = explain(model, x, "scorecam", target=1, layer="conv1")
     # 6 channels: 0 and 2 give one mask, 1 and 3 (constant) the zero mask, 4 and 5 their own

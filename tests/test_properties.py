@@ -67,35 +67,26 @@ def torch_model():
     return model.train()
 
 
-def keras_model():
+def keras_model(size: int | None = KERAS_SIZE, dropout: bool = True):
+    """The tiny Keras net; ``size=None`` gives Input((None, None, 3)), a dynamic input size whose
+    layer shapes are known only for a given x (that variant has no Dropout)."""
     import keras
 
     keras.utils.set_random_seed(0)
-    inp = keras.Input((KERAS_SIZE, KERAS_SIZE, 3))
+    inp = keras.Input((size, size, 3))
     h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inp)
     h = keras.layers.MaxPooling2D(2, name="pool1")(h)
     h = keras.layers.Conv2D(6, 3, padding="same", name="conv2")(h)
     h = keras.layers.ReLU(name="relu2")(h)
     h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    h = keras.layers.Dropout(0.25, name="drop")(h)
+    if dropout:
+        h = keras.layers.Dropout(0.25, name="drop")(h)
     out = keras.layers.Dense(CLASSES, name="fc")(h)
     return keras.Model(inp, out)
 
 
 def keras_dynamic_model():
-    """The Keras net with a dynamic input size, Input((None, None, 3)): layer shapes are known only
-    for a given x."""
-    import keras
-
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((None, None, 3))
-    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv1")(inp)
-    h = keras.layers.MaxPooling2D(2, name="pool1")(h)
-    h = keras.layers.Conv2D(6, 3, padding="same", name="conv2")(h)
-    h = keras.layers.ReLU(name="relu2")(h)
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
-    out = keras.layers.Dense(CLASSES, name="fc")(h)
-    return keras.Model(inp, out)
+    return keras_model(None, dropout=False)
 
 
 def model_for(backend: str):

@@ -5,7 +5,11 @@
 import numpy as np
 import pytest
 from numpy_backend import NumpyBackend
-from test_cam import conv_same_relu, gap_spec  # the CAM tests' net and its hand-written conv
+from test_cam import (  # the CAM tests' net and its hand-written conv
+    conv_same_relu,
+    count_masked_passes,
+    gap_spec,
+)
 
 import polyviz
 from backends import build, have
@@ -32,14 +36,7 @@ def _hand_scorecam(net, x, acts, target, channels):
 @pytest.fixture
 def numpy_net(monkeypatch):
     monkeypatch.setitem(registry._manual, "numpy", NumpyBackend)
-    calls = []
-    original = NumpyBackend._masked_scores
-
-    def counting(self, x, masks, baseline, sample_index, objective):
-        calls.append(len(masks))
-        return original(self, x, masks, baseline, sample_index, objective)
-
-    monkeypatch.setattr(NumpyBackend, "_masked_scores", counting)
+    calls = count_masked_passes(monkeypatch)
 
     def make(filters, seed, bias=None):
         spec = gap_spec(filters=filters)
