@@ -25,6 +25,7 @@ from polyviz.metrics.deletion import (
     insertion_curve,
 )
 from polyviz.metrics.infidelity import infidelity, infidelity_perturbations
+from polyviz.metrics.info import CATEGORIES, METRICS, MetricInfo, metric_info
 from polyviz.metrics.pointing import explanation_map, pointing_game, pointing_hits
 from polyviz.metrics.sanity import (
     SanityCheck,
@@ -37,6 +38,10 @@ from polyviz.metrics.sanity import (
 from polyviz.metrics.sensitivity import max_sensitivity, sensitivity_perturbations
 
 __all__ = [
+    "CATEGORIES",
+    "METRICS",
+    "MetricInfo",
+    "metric_info",
     "Curves",
     "SanityCheck",
     "blur",

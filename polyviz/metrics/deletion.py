@@ -9,6 +9,7 @@ import numpy as np
 
 from polyviz.errors import InputError
 from polyviz.metrics._common import as_map, attributions, check_positive_int, chunks, prepare, softmax
+from polyviz.metrics.info import metric
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Capability, FeatureGroups
 
@@ -120,6 +121,7 @@ def insertion_curve(model: Any, x: Any, target: Any = None, **kwargs: Any) -> Cu
     return insertion_auc(model, x, target, return_curves=True, **kwargs)
 
 
+@metric("faithfulness", higher_is_better=False, reference="Petsiuk et al. 2018 (RISE), deletion", checked="quantus.PixelFlipping (aligned)")
 def deletion_auc(
     model: Any, x: Any, target: Any = None, *, method: str | None = "saliency", attribution: Any = None,
     step: int | None = None, baseline: float | np.ndarray = 0.0, absolute: bool = False, score: str = "probability",
@@ -136,6 +138,7 @@ def deletion_auc(
     return curves if return_curves else curves.auc
 
 
+@metric("faithfulness", higher_is_better=True, reference="Petsiuk et al. 2018 (RISE), insertion", checked="closed form on a linear model")
 def insertion_auc(
     model: Any, x: Any, target: Any = None, *, method: str | None = "saliency", attribution: Any = None,
     step: int | None = None, start: str = "blur", baseline: float | np.ndarray = 0.0, absolute: bool = False,

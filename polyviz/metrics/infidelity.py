@@ -9,6 +9,7 @@ import numpy as np
 
 from polyviz.errors import InputError
 from polyviz.metrics._common import attributions, batched_forward, check_positive_int, prepare, softmax
+from polyviz.metrics.info import metric
 from polyviz.preprocess import Preprocess
 
 __all__ = ["infidelity", "infidelity_perturbations"]
@@ -24,6 +25,7 @@ def infidelity_perturbations(x: np.ndarray, n_perturb_samples: int, noise_std: f
     return draws * np.float32(noise_std)
 
 
+@metric("faithfulness", higher_is_better=False, reference="Yeh et al. 2019; captum.metrics.infidelity", checked="quantus.Infidelity, captum.metrics.infidelity")
 def infidelity(
     model: Any,
     x: Any,

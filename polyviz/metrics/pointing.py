@@ -10,6 +10,7 @@ import numpy as np
 
 from polyviz.errors import InputError
 from polyviz.metrics._common import as_map, attributions, prepare
+from polyviz.metrics.info import metric
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import range_already_checked
 
@@ -57,6 +58,7 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -
     return nearest <= max(float(tolerance), np.sqrt(0.5)) + 1e-9
 
 
+@metric("localisation", higher_is_better=True, reference="Zhang et al. 2016", checked="quantus.PointingGame")
 def pointing_game(
     model: Any,
     x: Any,

@@ -23,6 +23,7 @@ import numpy as np
 
 from polyviz.errors import InputError, LayerError
 from polyviz.metrics._common import as_map, attributions, chunks, explain_fn, prepare
+from polyviz.metrics.info import metric
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability
 
@@ -129,6 +130,7 @@ def similarity(a: np.ndarray, b: np.ndarray, kind: str = "spearman_abs") -> np.n
     return spearman(ma, mb) if kind.startswith("spearman") else _pearson(ma, mb)
 
 
+@metric("randomisation", higher_is_better=False, reference="Adebayo et al. 2018 (MPRT)", checked="quantus.MPRT")
 def sanity_check(
     model: Any,
     x: Any,

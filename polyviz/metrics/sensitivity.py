@@ -9,6 +9,7 @@ import numpy as np
 
 from polyviz.errors import InputError
 from polyviz.metrics._common import attributions, check_positive_int, chunks, explain_fn, prepare
+from polyviz.metrics.info import metric
 from polyviz.preprocess import Preprocess
 
 __all__ = ["max_sensitivity", "sensitivity_perturbations"]
@@ -25,6 +26,7 @@ def sensitivity_perturbations(x: np.ndarray, n_perturb_samples: int, radius: flo
     return np.repeat(x, n_perturb_samples, axis=0) + d
 
 
+@metric("robustness", higher_is_better=False, reference="Yeh et al. 2019, relative variant as in Captum and Quantus", checked="quantus.MaxSensitivity, captum.metrics.sensitivity_max")
 def max_sensitivity(
     model: Any,
     x: Any,
