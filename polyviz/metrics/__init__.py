@@ -24,9 +24,17 @@ from polyviz.metrics.deletion import (
     insertion_auc,
     insertion_curve,
 )
+from polyviz.metrics.complexity import complexity, effective_complexity, sparseness
 from polyviz.metrics.infidelity import infidelity, infidelity_perturbations
 from polyviz.metrics.info import CATEGORIES, METRICS, MetricInfo, metric_info
-from polyviz.metrics.pointing import explanation_map, pointing_game, pointing_hits
+from polyviz.metrics.localisation import (
+    attribution_localisation,
+    auc,
+    relevance_mass_accuracy,
+    relevance_rank_accuracy,
+    top_k_intersection,
+)
+from polyviz.metrics.pointing import explanation_map, pointing_game, pointing_hits, zhang_tolerance
 from polyviz.metrics.sanity import (
     SanityCheck,
     randomised_backend,
@@ -38,6 +46,15 @@ from polyviz.metrics.sanity import (
 from polyviz.metrics.sensitivity import max_sensitivity, sensitivity_perturbations
 
 __all__ = [
+    "attribution_localisation",
+    "auc",
+    "complexity",
+    "effective_complexity",
+    "relevance_mass_accuracy",
+    "relevance_rank_accuracy",
+    "sparseness",
+    "top_k_intersection",
+    "zhang_tolerance",
     "CATEGORIES",
     "METRICS",
     "MetricInfo",

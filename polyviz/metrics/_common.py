@@ -15,7 +15,7 @@ from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, range_already_checked
 
 __all__ = ["Setup", "prepare", "attributions", "explain_fn", "as_map", "softmax", "batched_forward", "chunks",
-           "check_positive_int"]
+           "check_positive_int", "check_aspect", "raw_layout", "given_attributions", "check_masks"]
 
 
 @dataclass
@@ -111,13 +111,110 @@ def attributions(setup: Setup, attribution: Any) -> np.ndarray:
     if a.ndim == 4:
         a, _ = to_channels_last(a, layout)
     if a.shape not in ((n, h, w, c), (n, h, w)):
+        other = "NHWC" if layout == "NCHW" else "NCHW"
+        hint = ""
+        if len(given) == 4 and to_channels_last(np.empty(given, np.float32), other)[0].shape == (n, h, w, c):
+            hint = f" (it looks {other}: pass layout={other!r} or an Explanation)"
         raise InputError(
             f"attribution: expected one attribution per sample, input-shaped ({n}, {h}, {w}, {c} channels-last) "
-            f"or maps ({n}, {h}, {w}), got shape {given}"
+            f"or maps ({n}, {h}, {w}), got shape {given} read as {layout}{hint}"
         )
     if not np.all(np.isfinite(a)):
         raise InputError("attribution: contains NaN or infinite values")
     return np.ascontiguousarray(a, np.float32)
+
+
+def _aspect_fits(map_hw: tuple[int, int], big_hw: tuple[int, int]) -> bool:
+    """Whether an (h, w) map can be a (H, W) image seen through some stride: H / W within the
+    aspect ratios that one cell of rounding allows, (h - 1) / (w + 1) .. (h + 1) / (w - 1)."""
+    h, w = map_hw
+    big_h, big_w = big_hw
+    low = max(h - 1, 0.5) / (w + 1)
+    high = (h + 1) / max(w - 1, 0.5)
+    return low - 1e-12 <= big_h / big_w <= high + 1e-12
+
+
+def check_aspect(map_hw: tuple[int, ...], big_hw: tuple[int, ...], what: str = "attribution") -> None:
+    """A one-line error when maps of spatial shape ``map_hw`` cannot belong to images or masks of
+    ``big_hw`` (their aspect ratios differ by more than one cell of rounding): the mark of a map read
+    in the wrong layout, e.g. an NCHW attribution summed over W as if it were channels-last."""
+    if len(map_hw) != 2 or not _aspect_fits((int(map_hw[0]), int(map_hw[1])), (int(big_hw[0]), int(big_hw[1]))):
+        raise InputError(f"{what}: expected maps with the aspect ratio of the masks {tuple(big_hw)}, got spatial "
+                         f"shape {tuple(map_hw)} (an attribution read in the wrong layout? pass layout=)")
+
+
+def raw_layout(shape: tuple[int, ...], spatial: tuple[int, int], layout: str | None, what: str = "attribution") -> str:
+    """The layout of a raw input-shaped array of ``shape`` (N, ., ., .) that must belong to images
+    (or masks) of spatial shape ``spatial``: ``layout`` when given (checked), else the one of NCHW /
+    NHWC whose spatial axes fit ``spatial``'s aspect ratio; refused (one line) when both fit and
+    the channel count cannot tell them apart, or neither does."""
+    candidates = {"NHWC": tuple(shape[1:3]), "NCHW": tuple(shape[2:4])}
+    if layout is not None:
+        if layout not in candidates:
+            raise InputError(f"layout: expected 'NCHW' or 'NHWC', got {layout!r}")
+        check_aspect(candidates[layout], spatial, what)
+        return layout
+    exact = [k for k, hw in candidates.items() if hw == tuple(spatial)]
+    fits = exact or [k for k, hw in candidates.items() if _aspect_fits(hw, spatial)]  # type: ignore[arg-type]
+    if len(fits) == 1:
+        return fits[0]
+    if not fits:
+        raise InputError(f"{what}: expected an input-shaped array whose spatial axes match {tuple(spatial)} "
+                         f"(NCHW or NHWC), got shape {tuple(shape)}")
+    raise InputError(f"{what}: shape {tuple(shape)} reads as NCHW and as NHWC; pass layout='NCHW' or 'NHWC' "
+                     "(or an Explanation, which knows its layout)")
+
+
+def explanation_layout(attribution: Any) -> tuple[np.ndarray, str] | None:
+    """(array, layout) of an Explanation-like object, or None for a raw array."""
+    if hasattr(attribution, "attribution") and hasattr(attribution, "layout"):
+        return np.asarray(attribution.attribution, np.float32), str(attribution.layout)
+    return None
+
+
+def given_attributions(
+    model: Any, x: Any, target: Any, *, method: str | None, attribution: Any, options: dict[str, Any],
+    spatial: tuple[int, int] | None, layer: str | None = None, backend: str | None = None,
+    preprocess: Preprocess | str | None = None, layout: str | None = None, batch_size: int | None = None,
+    seed: int = 0, progress: bool = True,
+) -> np.ndarray:
+    """Channels-last attributions (N, H, W, C) or maps (N, H, W) for metrics that look only at the
+    map. With a model: :func:`prepare` and :func:`attributions`. Without (``model=None``): the
+    given ``attribution``; an Explanation knows its layout, a raw 4-D array is read in ``layout``
+    or, if not given, in the one layout whose spatial axes fit ``spatial`` (:func:`raw_layout`;
+    refused when ambiguous). ``spatial=None``: the metric does not depend on the layout (values
+    only), so a raw array is taken as it is."""
+    if model is not None:
+        setup = prepare(model, x, target, method=method, attribution=attribution, options=options, layer=layer,
+                        backend=backend, preprocess=preprocess, layout=layout, batch_size=batch_size, seed=seed,
+                        progress=progress)
+        return attributions(setup, attribution)
+    if attribution is None:
+        raise InputError("model: needed to compute the attributions; or pass attribution= (an Explanation or array)")
+    known = explanation_layout(attribution)
+    a, given = known if known is not None else (np.asarray(attribution, np.float32), layout)
+    if a.ndim not in (3, 4):
+        raise InputError(f"attribution: expected maps (N, H, W) or an input-shaped batch, got shape {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise InputError("attribution: contains NaN or infinite values")
+    if a.ndim == 4:
+        if spatial is not None:
+            given = raw_layout(a.shape, spatial, given) if known is None else given
+        if given is not None:
+            a, _ = to_channels_last(a, given)
+    if spatial is not None:
+        check_aspect(a.shape[1:3], spatial)
+    return np.ascontiguousarray(a, np.float32)
+
+
+def check_masks(masks: Any, n: int, spatial: tuple[int, ...]) -> np.ndarray:
+    """(N, H, W) bool object masks, one per sample, at the attributions' resolution."""
+    m = np.asarray(masks)
+    if m.ndim == 4 and 1 in (m.shape[1], m.shape[3]):  # (N, 1, H, W) or (N, H, W, 1)
+        m = m[:, 0] if m.shape[1] == 1 else m[..., 0]
+    if m.shape != (n, *spatial):
+        raise InputError(f"masks: expected one (H, W) mask per sample, shape {(n, *spatial)}, got {np.shape(masks)}")
+    return m.astype(bool)
 
 
 def as_map(a: np.ndarray, absolute: bool = False) -> np.ndarray:

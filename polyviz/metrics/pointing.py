@@ -9,12 +9,17 @@ from typing import Any
 import numpy as np
 
 from polyviz.errors import InputError
-from polyviz.metrics._common import as_map, attributions, prepare
+from polyviz.metrics._common import as_map, attributions, check_aspect, given_attributions, prepare
 from polyviz.metrics.info import metric
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import range_already_checked
 
-__all__ = ["pointing_game", "pointing_hits", "explanation_map"]
+__all__ = ["pointing_game", "pointing_hits", "explanation_map", "zhang_tolerance"]
+
+
+def zhang_tolerance(size: int) -> float:
+    """Zhang et al.'s tolerance (15 px at 224 px) scaled to an image side of ``size`` pixels."""
+    return 15.0 * float(size) / 224.0
 
 
 def explanation_map(explanation: Any) -> np.ndarray:
@@ -47,6 +52,7 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray, tolerance: float = 0.0) -
     big_h, big_w = masks.shape[1:]
     if h > big_h or w > big_w:
         raise InputError(f"masks: expected masks at least as large as the maps {(h, w)}, got {(big_h, big_w)}")
+    check_aspect((h, w), (big_h, big_w), "maps")
     if not isinstance(tolerance, int | float) or tolerance < 0:
         raise InputError(f"tolerance: expected a number of pixels >= 0, got {tolerance!r}")
     top = maps.reshape(n, -1).argmax(axis=1)
@@ -84,18 +90,26 @@ def pointing_game(
     ``method_options``) or the given ``attribution`` (an Explanation, whose layer-resolution map is
     used where it has one, see :func:`explanation_map`; or an array: maps (N, H, W) or input-shaped
     in the caller's layout), by magnitude; a hit as :func:`pointing_hits` says. ``masks``: (N, H, W)
-    object masks. ``model`` and ``x`` may be None when the attribution is given (an array then is
-    channels-last unless ``layout="NCHW"``).
+    object masks. ``model`` and ``x`` may be None when the attribution is given: a raw input-shaped
+    array is then read in ``layout`` or, when not given, in the one layout whose spatial axes fit the
+    masks (refused when both do, e.g. (N, 16, 16, 16) against 16 x 16 masks); maps whose aspect ratio
+    differs from the masks' are refused.
+
+    ``tolerance`` (pixels, default 0): Zhang et al. count a hit within 15 px of the object at
+    224 px, i.e. ``tolerance = 15 * H / 224`` at other sizes (:func:`zhang_tolerance`); polyviz
+    defaults to 0 (the peak on the object) and every report states the tolerance it used. Quantus'
+    ``PointingGame`` counts a sample with an empty mask as a hit; here it is a miss (nothing to
+    point at).
     """
     if model is None:
         if attribution is None:
             raise InputError("model: needed to compute the maps; or pass attribution= (an Explanation or maps)")
         if hasattr(attribution, "attribution"):
             return pointing_hits(explanation_map(attribution), masks, tolerance)
-        a = np.abs(np.asarray(attribution, np.float64))
-        if a.ndim == 4:  # input-shaped, in ``layout`` (channels-last unless told)
-            a = a.sum(axis=1) if layout == "NCHW" else a.sum(axis=-1)
-        return pointing_hits(a, masks, tolerance)
+        spatial = tuple(np.shape(masks)[1:3])
+        a = given_attributions(None, None, None, method=None, attribution=attribution, options={},
+                               spatial=spatial if len(spatial) == 2 else None, layout=layout)
+        return pointing_hits(as_map(a, absolute=True), masks, tolerance)
     if attribution is None:
         from polyviz.api import explain
 
