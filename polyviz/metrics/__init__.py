@@ -16,6 +16,7 @@ its options (``method="integrated_gradients", n_steps=16``) or precomputed attri
 
 from __future__ import annotations
 
+from polyviz.metrics.complexity import complexity, effective_complexity, sparseness
 from polyviz.metrics.deletion import (
     Curves,
     blur,
@@ -24,7 +25,6 @@ from polyviz.metrics.deletion import (
     insertion_auc,
     insertion_curve,
 )
-from polyviz.metrics.complexity import complexity, effective_complexity, sparseness
 from polyviz.metrics.infidelity import infidelity, infidelity_perturbations
 from polyviz.metrics.info import CATEGORIES, METRICS, MetricInfo, metric_info
 from polyviz.metrics.localisation import (

@@ -104,7 +104,8 @@ def effective_complexity(
     magnitude exceeds ``eps``, (N,) int; fewer is simpler. Attributions are raw and their scale is
     the method's, so by default (``relative=True``) the threshold is relative to each sample's
     largest magnitude, ``|a_i| > eps * max |a|`` (what Quantus computes after its default
-    normalisation by the maximum); ``relative=False`` uses ``eps`` in attribution units, as the
+    normalisation by the maximum, which by default is the whole batch's maximum, so that one
+    sample's count depends on the others; polyviz's is per sample); ``relative=False`` uses ``eps`` in attribution units, as the
     paper writes it.
     """
     if not isinstance(eps, int | float) or eps < 0:
