@@ -16,6 +16,7 @@ its options (``method="integrated_gradients", n_steps=16``) or precomputed attri
 
 from __future__ import annotations
 
+from polyviz.metrics.axiomatic import completeness, input_invariance, non_sensitivity
 from polyviz.metrics.complexity import complexity, effective_complexity, sparseness
 from polyviz.metrics.deletion import (
     Curves,
@@ -46,6 +47,9 @@ from polyviz.metrics.sanity import (
 from polyviz.metrics.sensitivity import max_sensitivity, sensitivity_perturbations
 
 __all__ = [
+    "completeness",
+    "input_invariance",
+    "non_sensitivity",
     "attribution_localisation",
     "auc",
     "complexity",
