@@ -36,6 +36,7 @@ from polyviz.metrics.localisation import (
     top_k_intersection,
 )
 from polyviz.metrics.pointing import explanation_map, pointing_game, pointing_hits, zhang_tolerance
+from polyviz.metrics.randomisation import efficient_mprt, random_logit, smooth_mprt
 from polyviz.metrics.sanity import (
     SanityCheck,
     randomised_backend,
@@ -47,6 +48,9 @@ from polyviz.metrics.sanity import (
 from polyviz.metrics.sensitivity import max_sensitivity, sensitivity_perturbations
 
 __all__ = [
+    "efficient_mprt",
+    "random_logit",
+    "smooth_mprt",
     "completeness",
     "input_invariance",
     "non_sensitivity",
