@@ -608,6 +608,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     t0 = getattr(args, "started", time.perf_counter())
     if args.json:
         _output_file(args.json)
+    if args.figure:
+        _output_file(args.figure, "--figure")
+    if args.out:
+        _output_folder(args.out, "--out")
     if args.model != "demo":
         raise InputError(f"--model: polyviz metrics judges the demo model on images with object masks; expected "
                          f"'demo', got {args.model!r}")
@@ -618,13 +622,17 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     methods, left_out = report.judged_methods(compare.parse_methods(_methods_text(args)))
     if not methods:
         raise InputError(f"--methods: {', '.join(left_out)} explain a neuron, not the class; choose other methods")
+    chosen = None if not args.metrics else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     settings = report.Settings(step=args.step, infidelity_samples=args.infidelity_samples,
-                               sensitivity_samples=args.sensitivity_samples, batch_size=args.batch_size)
+                               sensitivity_samples=args.sensitivity_samples, batch_size=args.batch_size,
+                               pointing_tolerance=args.pointing_tolerance, metrics=chosen)
+    report.chosen_metrics(settings)  # unknown metric names fail before any work
     data = shapes(args.images, seed=args.seed)
     models = {b: load_model("demo", b, args.weights).model for b in backends}
-    print(f"polyviz metrics: {len(methods)} methods x {args.images} held-out shapes images (seed {args.seed}) in "
-          f"{', '.join(backends)}; the demo model (polyviz.models.demo)", flush=True)
-    for line in settings.lines(args.images):
+    names = report.chosen_metrics(settings)
+    print(f"polyviz metrics: {len(methods)} methods x {len(names)} metrics x {args.images} held-out shapes images "
+          f"(seed {args.seed}) in {', '.join(backends)}; the demo model (polyviz.models.demo)", flush=True)
+    for line in settings.lines(args.images, int(data.images.shape[1])):
         print(f"  {line}")
     cheap = [f"{m}: {', '.join(f'{k}={v}' for k, v in report.method_options(m, settings).items())}"
              for m in report.CHEAP_OPTIONS if m in methods]
@@ -641,6 +649,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                 "polyviz": polyviz.__version__}
         write_text(args.json, report.to_json(runs, settings, meta))
         print(f"per-image values: {args.json}")
+    if args.figure:
+        report.figure(runs).savefig(args.figure, dpi=110)
+        print(f"picture by category: {args.figure}")
+    if args.out:
+        page = report.write_report_gallery(args.out, runs, methods, backends,
+                                           notes="\n".join(settings.lines(args.images, int(data.images.shape[1]))))
+        print(f"gallery: {page}")
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -801,8 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", parents=[common], help="installed backends, their versions and capabilities")
     info.set_defaults(func=cmd_info)
     mt = sub.add_parser("metrics", parents=[common],
-                        help="every method x every metric (pointing, deletion, insertion, infidelity, max-sensitivity, "
-                             "sanity check) in every framework, on the demo model")
+                        help="every method x every registered metric (polyviz.metrics.METRICS) in every framework, "
+                             "on the demo model: mean ± sd over images, a picture by category")
     mt.add_argument("--model", default="demo", help="demo (the only model with object masks to point at)")
     mt.add_argument("--weights", default=None, help="demo weights .npz (default: the file shipped with polyviz)")
     mt.add_argument("--backend", default=None, help="comma-separated backends (default: every installed one)")
@@ -813,7 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--infidelity-samples", type=int, default=16, help="perturbations per image (default 16)")
     mt.add_argument("--sensitivity-samples", type=int, default=2, help="perturbed inputs per image (default 2)")
     mt.add_argument("--batch-size", type=int, default=None, help="passes per backend call inside a method")
+    mt.add_argument("--metrics", default=None, help="comma-separated metrics (default: every registered one)")
+    mt.add_argument("--pointing-tolerance", type=float, default=0.0,
+                    help="pointing-game tolerance in pixels (default 0; Zhang et al.: 15 px at 224 px)")
     mt.add_argument("--json", default="", help="write the settings and per-image values as JSON to this file")
+    mt.add_argument("--figure", default="", help="save the picture by category (one panel each) to this PNG file")
+    mt.add_argument("--out", default="", help="write an HTML page (pictures by category and the table) to this folder")
     mt.add_argument("--no-progress", action="store_true", help="no progress bars")
     mt.set_defaults(func=cmd_metrics)
 

@@ -396,53 +396,8 @@ def test_sanity_check_same_numbers_in_torch_and_keras():
 
 
 # --------------------------------------------------------------------------------------------
-# polyviz metrics (smoke: tiny settings)
+# polyviz metrics: see test_metrics_report.py
 # --------------------------------------------------------------------------------------------
-
-
-def test_cli_metrics_smoke(tmp_path, capsys):
-    """Two methods, one image, the smallest settings: the table has a row per method and a cell per
-    framework and metric, values in range; the JSON holds the per-image values."""
-    import json
-
-    from polyviz.cli import main
-
-    out = tmp_path / "m.json"
-    code = main(["metrics", "--methods", "saliency,gradcam", "--images", "1", "--step", "1024",
-                 "--infidelity-samples", "2", "--sensitivity-samples", "1", "--no-progress", "--json", str(out)])
-    text = capsys.readouterr().out
-    assert code == 0, text
-    assert "pointing game" in text and "sanity check:" in text
-    rows = [line for line in text.splitlines() if line.startswith("| saliency") or line.startswith("| gradcam")]
-    assert len(rows) == 2
-    n_backends = len(INSTALLED)
-    for row in rows:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 8 and all(len(c.split(" / ")) == n_backends for c in cells[1:])
-    runs = json.loads(out.read_text())["runs"]
-    assert len(runs) == 2 * n_backends
-    for run in runs:
-        assert not run["skipped"]
-        assert run["values"]["pointing"][0] in (0.0, 1.0)
-        assert 0 <= run["values"]["deletion"][0] <= 1 and 0 <= run["values"]["insertion"][0] <= 1
-        assert 0 <= run["values"]["infidelity"][0] <= 1 + 1e-9
-        assert -1 <= run["values"]["sanity"][0] <= 1
-
-
-def test_report_table_marks_what_could_not_be_computed():
-    from polyviz.metrics.report import COLUMNS, MetricRun, markdown
-
-    full = {key: [0.5, 1.0] for key, _ in COLUMNS}
-    runs = {("a", "torch"): MetricRun("a", "torch", full, seconds=1.0),
-            ("a", "keras"): MetricRun("a", "keras", {k: v for k, v in full.items() if k != "sanity"},
-                                      errors={"sanity": "no copy"}, seconds=2.0),
-            ("b", "torch"): MetricRun("b", "torch", skipped="no layer"),
-            ("b", "keras"): MetricRun("b", "keras", full)}
-    text = markdown(runs, ["a", "b"], ["torch", "keras"])
-    row_a = next(line for line in text.splitlines() if line.startswith("| a "))
-    assert "0.75 / 0.75" in row_a and "0.750 / n/a" in row_a and "1.0 / 2.0" in row_a
-    assert "skipped / 0.75" in text
-    assert "n/a: a (keras), sanity: no copy" in text and "skipped: b (torch): no layer" in text
 
 
 def test_cli_metrics_errors(capsys):
