@@ -1,12 +1,19 @@
 """Metrics that judge explanations (catalog section G), numpy only, for any method and backend.
 
-* :func:`infidelity` (Yeh et al. 2019) and :func:`max_sensitivity` (Yeh et al. 2019), with
-  Captum's semantics (``captum.metrics.infidelity`` / ``sensitivity_max``);
+* :func:`infidelity` (Yeh et al. 2019) and :func:`max_sensitivity` (the relative variant of Yeh et
+  al. 2019, divided by the map's norm), with Captum's semantics (``captum.metrics.infidelity`` /
+  ``sensitivity_max``);
 * :func:`deletion_auc` / :func:`insertion_auc` (Petsiuk et al. 2018, RISE);
 * :func:`pointing_game` (Zhang et al. 2016) against object masks;
 * :func:`sanity_check` (Adebayo et al. 2018): cascading and independent model-parameter
   randomisation on a copy of the model, with numpy-drawn weights that are the same in every
   framework.
+* localisation (:mod:`~polyviz.metrics.localisation`), complexity
+  (:mod:`~polyviz.metrics.complexity`), randomisation (:mod:`~polyviz.metrics.randomisation`) and
+  axiomatic (:mod:`~polyviz.metrics.axiomatic`) metrics after Quantus' categories.
+
+Every metric is registered in :data:`METRICS` with its category, direction, paper and reference
+check (``python -m polyviz.metrics.info --markdown`` prints the table).
 
 Every metric takes the model (or a :class:`~polyviz.Backend`), a batch ``x`` in the model's native
 layout (or ``layout=``), the targets (default: the predicted class), and either a method name with

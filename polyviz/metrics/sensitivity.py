@@ -1,5 +1,7 @@
-"""Max-sensitivity (Yeh et al. 2019, "On the (In)fidelity and Sensitivity of Explanations",
-arXiv:1901.09392), with Captum's semantics (``captum.metrics.sensitivity_max``)."""
+"""Max-sensitivity, the relative variant: Yeh et al. 2019 ("On the (In)fidelity and Sensitivity of
+Explanations", arXiv:1901.09392) define ``max ||attr(x + d) - attr(x)||``; polyviz, like Captum
+(``captum.metrics.sensitivity_max``) and Quantus (``MaxSensitivity``, ``norm_denominator``), divides
+by ``||attr(x)||``, so that methods of different scales compare. Not the paper's plain value."""
 
 from __future__ import annotations
 
@@ -47,8 +49,10 @@ def max_sensitivity(
     method_options: dict[str, Any] | None = None,
     **options: Any,
 ) -> np.ndarray:
-    """Max-sensitivity per sample, (N,) float64: ``max_k ||attr(x + d_k) - attr(x)|| / ||attr(x)||``
-    (Frobenius norms over the whole attribution; a zero ``||attr(x)||`` counts as 1, as in Captum).
+    """Relative max-sensitivity per sample, (N,) float64:
+    ``max_k ||attr(x + d_k) - attr(x)|| / ||attr(x)||`` (Frobenius norms over the whole attribution;
+    a zero ``||attr(x)||`` counts as 1, as in Captum). This is the relative variant of Captum and
+    Quantus; Yeh et al.'s definition has no denominator (multiply by ``||attr(x)||`` to get it).
 
     The attributions come from ``method`` (any registered method; options as keywords or in
     ``method_options``) for the same target at every perturbed input; ``attribution`` may give
