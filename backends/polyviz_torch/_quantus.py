@@ -41,9 +41,13 @@ def _explain(model: Any, inputs: np.ndarray, targets: Any, **kwargs: Any) -> np.
 
 def quantus_metric_benchmarks(model: Any, x: np.ndarray, target: np.ndarray, maps: np.ndarray, layer: str,
                               names: tuple[str, ...], settings: dict[str, dict[str, Any]]) -> dict[str, Callable[[], Any]]:
+    from polyviz_torch._compat import guard_triton
+
+    guard_triton()  # TensorFlow may be loaded already: then triton must not be (see _compat)
+    import torch._dynamo  # noqa: F401  (before quantus, which imports TensorFlow)
+
     try:
         import quantus
-        import torch._dynamo  # noqa: F401  (before quantus, which imports TensorFlow)
     except ImportError:
         return {}
     xc = np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2)))

@@ -178,20 +178,22 @@ def monotonicity_correlation(
     a = as_map(attributions(setup, attribution), absolute).reshape(n, -1)
     groups = feature_groups(a, step, descending=False)
     g = int(groups.max()) + 1
-    if baseline == "uniform":
-        rng = np.random.default_rng(setup.seed)
-        fill = None
-    else:
-        fill = baseline_fill(baseline, setup.x).reshape(flat.shape)
     rows = n * g * n_samples
     image = np.repeat(np.arange(n), g * n_samples)
     k = np.tile(np.repeat(np.arange(g), n_samples), n)
-    draws = rng.uniform(0.0, 1.0, (rows, pixels, c)).astype(np.float32) if fill is None else None
+    # the pixels of each feature (N, G, step); a smaller last feature repeats its first pixel
+    order = np.argsort(groups, axis=1, kind="stable")
+    members = np.concatenate([order, np.repeat(order[:, -1:], g * step - pixels, axis=1)], axis=1).reshape(n, g, step)
+    if baseline == "uniform":  # the replaced values only: (rows, step, C), row-major, from the seed
+        draws = np.random.default_rng(setup.seed).uniform(0.0, 1.0, (rows, step, c)).astype(np.float32)
+    else:
+        fill = baseline_fill(baseline, setup.x).reshape(flat.shape)
+        draws = fill[image[:, None], members[image, k]]
 
     def build(s: slice) -> np.ndarray:
-        hit = (groups[image[s]] == k[s][:, None])[..., None]
-        new = draws[s] if draws is not None else fill[image[s]]
-        return np.where(hit, new, flat[image[s]]).reshape(-1, *setup.x.shape[1:])
+        out = flat[image[s]].copy()
+        out[np.arange(len(out))[:, None], members[image[s], k[s]]] = draws[s]
+        return out.reshape(-1, *setup.x.shape[1:])
 
     f = scores(setup, rows, build, np.repeat(setup.targets, g * n_samples), score, "monotonicity correlation")
     var = ((f.reshape(n, g, n_samples) - _base(setup, score)[:, None, None]) ** 2).mean(-1)
