@@ -138,7 +138,9 @@ def _stability(kind: str, model: Any, x: Any, target: Any, method: str, attribut
     rows = len(xp)
     moved = _moved(setup, xp, k, kind)
     num = _relative(np.repeat(base, k, axis=0), moved, eps_min, rows)
-    logits, logits_p = _forward(setup, setup.x), _forward(setup, xp)
+    if kind == "output" or exclude_changed:  # x and x' in one batched pass
+        both = _forward(setup, np.concatenate([setup.x, xp]))
+        logits, logits_p = both[:n], both[n:]
     if kind == "input":
         den = _relative(np.repeat(xs, k, axis=0), xp.astype(np.float64), eps_min, rows)
     elif kind == "output":
@@ -148,10 +150,10 @@ def _stability(kind: str, model: Any, x: Any, target: Any, method: str, attribut
 
         layer = representation or default_layer(setup.backend)
         size = setup.batch_size or 64
-        acts = [np.concatenate([setup.backend.layer_activations(v[s], [layer])[layer]
-                                for s in chunks(len(v), size, "representation", False)]).astype(np.float64)
-                for v in (setup.x, xp)]
-        den = _relative(np.repeat(acts[0], k, axis=0), acts[1], eps_min, rows)
+        both_x = np.concatenate([setup.x, xp])
+        acts = np.concatenate([setup.backend.layer_activations(both_x[s], [layer])[layer]
+                               for s in chunks(len(both_x), size, "representation", False)]).astype(np.float64)
+        den = _relative(np.repeat(acts[:n], k, axis=0), acts[n:], eps_min, rows)
     ratio = (num / np.maximum(den, eps_min)).reshape(n, k)
     if exclude_changed:
         same = (logits_p.argmax(axis=1) == np.repeat(logits.argmax(axis=1), k)).reshape(n, k)
