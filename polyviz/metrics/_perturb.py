@@ -74,8 +74,8 @@ def baseline_fill(baseline: Any, x: np.ndarray, rng: np.random.Generator | None 
 
 def random_subsets(n: int, runs: int, pixels: int, size: int, seed: int) -> np.ndarray:
     """(n, runs, size) pixel indices: for each image and run, ``size`` distinct pixels of ``pixels``
-    drawn uniformly, as ``numpy.random.default_rng(seed)``'s ``permuted``... the first ``size`` of
-    an argsort of uniform keys (image-major, then run)."""
+    drawn uniformly: the ``size`` smallest of uniform keys from ``numpy.random.default_rng(seed)``,
+    one row of keys per run, image-major."""
     rng = np.random.default_rng(seed)
     out = np.empty((n, runs, size), np.int64)
     for i in range(n):
