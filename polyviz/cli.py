@@ -86,6 +86,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.model not in ("vgg16", "demo"):
         raise PolyvizError(f"--model: expected 'vgg16' or 'demo', got {args.model!r}")
     repeat = 1 if args.quick else args.repeat
+    if args.metrics:
+        return _bench_metrics(args, backends, repeat)
     if args.model == "demo":  # the shipped network at its own input size, on held-out demo images
         from polyviz.datasets import shapes
 
@@ -112,6 +114,38 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "batch": args.batch,
                 "repeat": repeat, "polyviz": polyviz.__version__}
         write_text(args.json, bench.to_json(rows, meta))
+    return 0
+
+
+def _bench_metrics(args: argparse.Namespace, backends: list[str], repeat: int) -> int:
+    """``polyviz bench --metrics``: metric rows against Quantus (see :mod:`polyviz.bench_metrics`)."""
+    from polyviz import bench_metrics
+    from polyviz.models.spec import random_weights
+    from polyviz.registry import backend_class
+    from polyviz.render._atomic import write_text
+
+    names = None if args.metrics == "all" else tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    unknown = sorted(set(names or ()) - set(bench_metrics.SETTINGS))
+    if unknown:
+        raise PolyvizError(f"--metrics: expected 'all' or some of {', '.join(bench_metrics.SETTINGS)}, got {unknown}")
+    size = args.size or 32
+    spec = bench_metrics.bench_spec(size)
+    x = np.random.default_rng(0).random((args.metric_images, size, size, 1)).astype(np.float32)
+    rows = []
+    for name in backends:
+        model, _ = backend_class(name).build(spec, random_weights(spec, 0))
+        if name == "torch":
+            model = model.eval()
+        rows += bench_metrics.run_metric_bench(model, x, names, repeat=repeat, peers=True,
+                                               progress=not args.no_progress)
+    print(bench_metrics.metric_markdown(rows))
+    if args.json:
+        import json
+        import platform
+
+        meta = {"machine": platform.machine(), "processor": platform.processor(), "size": size,
+                "images": args.metric_images, "repeat": repeat, "settings": bench_metrics.SETTINGS}
+        write_text(args.json, json.dumps({"meta": meta, "rows": [r.as_dict() for r in rows]}, indent=2, default=list))
     return 0
 
 
@@ -850,6 +884,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default="", help="write the rows as JSON to this file")
     bench.add_argument("--quick", action="store_true", help="smoke run: small input, few methods, one repeat")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument("--metrics", default="",
+                       help="time metrics instead of methods, against Quantus: 'all' or comma-separated names "
+                            "(a one-channel VGG-style net at --size, default 32 px)")
+    bench.add_argument("--metric-images", type=int, default=8, help="images per metric row (default 8)")
     bench.set_defaults(func=cmd_bench)
     return parser
 

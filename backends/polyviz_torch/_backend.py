@@ -325,3 +325,10 @@ class TorchBackend(Backend):
         from polyviz_torch._peers import peer_benchmarks
 
         return peer_benchmarks(model, x, target, layer, batch)
+
+    def peer_metric_benchmarks(self, model: Any, x: np.ndarray, target: np.ndarray, maps: np.ndarray, layer: str,
+                               names: tuple[str, ...], settings: dict[str, dict[str, Any]]) -> dict:
+        """Quantus' metrics on the same work, for ``polyviz bench --metrics`` (see ``_quantus``)."""
+        from polyviz_torch._quantus import quantus_metric_benchmarks
+
+        return quantus_metric_benchmarks(model, x, target, maps, layer, names, settings)

@@ -33,6 +33,13 @@ from polyviz.metrics.deletion import (
     insertion_auc,
     insertion_curve,
 )
+from polyviz.metrics.faithfulness import (
+    faithfulness_correlation,
+    faithfulness_estimate,
+    monotonicity,
+    monotonicity_correlation,
+    sensitivity_n,
+)
 from polyviz.metrics.infidelity import infidelity, infidelity_perturbations
 from polyviz.metrics.info import CATEGORIES, METRICS, MetricInfo, metric_info
 from polyviz.metrics.localisation import (
@@ -44,6 +51,16 @@ from polyviz.metrics.localisation import (
 )
 from polyviz.metrics.pointing import explanation_map, pointing_game, pointing_hits, zhang_tolerance
 from polyviz.metrics.randomisation import efficient_mprt, random_logit, smooth_mprt
+from polyviz.metrics.regions import RegionCurves, irof, region_perturbation, selectivity
+from polyviz.metrics.road import RoadCurves, noisy_linear_imputation, road, road_lerf, road_morf
+from polyviz.metrics.robustness import (
+    avg_sensitivity,
+    gaussian_perturbations,
+    local_lipschitz_estimate,
+    relative_input_stability,
+    relative_output_stability,
+    relative_representation_stability,
+)
 from polyviz.metrics.sanity import (
     SanityCheck,
     randomised_backend,
@@ -93,4 +110,25 @@ __all__ = [
     "similarity",
     "spearman",
     "weighted_layers",
+    # faithfulness and robustness (issue 18, metrics-a)
+    "RegionCurves",
+    "RoadCurves",
+    "avg_sensitivity",
+    "faithfulness_correlation",
+    "faithfulness_estimate",
+    "gaussian_perturbations",
+    "irof",
+    "local_lipschitz_estimate",
+    "monotonicity",
+    "monotonicity_correlation",
+    "noisy_linear_imputation",
+    "region_perturbation",
+    "relative_input_stability",
+    "relative_output_stability",
+    "relative_representation_stability",
+    "road",
+    "road_lerf",
+    "road_morf",
+    "selectivity",
+    "sensitivity_n",
 ]
