@@ -831,6 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smoke run: small input, few methods, one repeat")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
     bench.set_defaults(func=cmd_bench)
+    from polyviz.runs.cli import add_run_command
+
+    add_run_command(sub, common)  # `polyviz run`: whole data sets (polyviz.runs)
     return parser
 
 
