@@ -176,13 +176,16 @@ def test_interrupted_run_resumes_and_equals_uninterrupted(reference, shapes_dir,
     _same_tables(read_results(out), read_results(ref_out))
 
 
-def _same_tables(a, b, tol=0.0):
+def _same_tables(a, b, tol=0.0, rank_tol=0.0):
+    """Same rows; values within ``tol`` (relative, floor 1); the disagreement, a rank statistic over
+    256 cells whose near-tied background cells swap under float32 round-off, within ``rank_tol``."""
     a, b = a.to_pylist(), b.to_pylist()
     assert len(a) == len(b)
     for ra, rb in zip(a, b, strict=True):
         assert (ra["index"], ra["method"], ra["target"]) == (rb["index"], rb["method"], rb["target"])
         for key in ("score", "probability", "pointing_game", "deletion_auc", "disagreement"):
-            assert abs(ra[key] - rb[key]) <= tol * max(1.0, abs(rb[key])), (key, ra, rb)
+            t = rank_tol if key == "disagreement" else tol
+            assert abs(ra[key] - rb[key]) <= t * max(1.0, abs(rb[key])), (key, ra[key], rb[key])
 
 
 def test_deleted_shard_is_recomputed_only(reference, shapes_dir, tmp_path, weights):
@@ -202,12 +205,13 @@ def test_deleted_shard_is_recomputed_only(reference, shapes_dir, tmp_path, weigh
 
 @pytest.mark.skipif(not {"torch", "keras"} <= set(INSTALLED), reason="needs both frameworks")
 def test_keras_run_agrees_with_torch_run(reference, shapes_dir, tmp_path, weights):
-    """The same run on the Keras build of the demo network: same targets and pointing hits; the
-    deletion AUC and probabilities agree to float32 round-off."""
+    """The same run on the Keras build of the demo network: same targets and pointing hits; logits,
+    probabilities and deletion AUCs agree to float32 round-off (1e-4), the methods' disagreement
+    (Spearman ranks of 16 x 16 maps) to 2e-3."""
     ref_out, _ = reference
     out = tmp_path / "k"
     polyviz.run(shapes_dir / "manifest.csv", out, model="demo", weights=weights, backend="keras", **FAST)
-    _same_tables(read_results(out), read_results(ref_out), tol=1e-4)
+    _same_tables(read_results(out), read_results(ref_out), tol=1e-4, rank_tol=2e-3)
 
 
 MEMORY_SCRIPT = r"""
@@ -217,9 +221,10 @@ import polyviz
 from polyviz.runs import write_shapes_folder
 n, folder, out, weights = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 write_shapes_folder(folder, n, seed=7, size=32)
+before = int(open("/proc/self/statm").read().split()[1]) * 4 if sys.platform == "linux" else 0
 t = time.perf_counter()
 r = polyviz.run(folder, out, model="demo", weights=weights, methods=["gradcam"], shard_size=50, progress=False)
-print(n, r.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)
+print(before, n, r.rows, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - t)
 """
 
 
@@ -233,8 +238,9 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path, weights):
                                str(tmp_path / f"out{n}"), weights], capture_output=True, text=True, env=_env(),
                               timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        got, rows, kb, seconds = proc.stdout.split()[-4:]
+        before, got, rows, kb, seconds = proc.stdout.split()[-5:]
         assert int(got) == n and int(rows) == n
         peaks[n] = int(kb) / 1024
-        print(f"{n} images: peak RSS {peaks[n]:.0f} MB, {float(seconds):.1f} s")
+        print(f"{n} images: peak RSS {peaks[n]:.0f} MB (RSS before the run {int(before) / 1024:.0f} MB), "
+              f"{float(seconds):.1f} s")
     assert peaks[2000] - peaks[200] < 40, peaks
