@@ -68,13 +68,30 @@ def test_ray_engine_equals_inprocess(ray_session, data, tmp_path, weights):
     _arrays_equal(out, ref, N // 2)
 
 
+def _parent(pid):
+    with open(f"/proc/{pid}/stat") as fh:
+        return int(fh.read().rsplit(")", 1)[1].split()[1])
+
+
+def _descends_from_us(pid):
+    """The local Ray that this process started spawned it (raylet -> worker): never another
+    session's actor (a parallel test run, a user's Ray)."""
+    for _ in range(4):
+        pid = _parent(pid)
+        if pid == os.getpid():
+            return True
+        if pid <= 1:
+            return False
+    return False
+
+
 def _actor_pids():
     pids = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                    if b"MapBatches(_ShardActor)" in fh.read():
+                    if b"MapBatches(_ShardActor)" in fh.read() and _descends_from_us(int(pid)):
                         pids.append(int(pid))
             except OSError:
                 continue
@@ -92,7 +109,7 @@ def test_killed_worker_output_complete_and_equal(ray_session, data, tmp_path, we
         deadline = time.time() + 240
         while time.time() < deadline and not list((out / "shards").glob("arrays-*.npz")):
             time.sleep(0.02)
-        for pid in _actor_pids():  # processes of this test's own Ray session
+        for pid in _actor_pids():  # processes of this test's own Ray session only
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
