@@ -244,3 +244,21 @@ def test_peak_memory_does_not_grow_with_the_number_of_images(tmp_path, weights):
         print(f"{n} images: peak RSS {peaks[n]:.0f} MB (RSS before the run {int(before) / 1024:.0f} MB), "
               f"{float(seconds):.1f} s")
     assert peaks[2000] - peaks[200] < 40, peaks
+
+
+def test_model_object_and_label_targets(shapes_dir, tmp_path, weights):
+    """A model object (here from a factory, as a Ray worker would rebuild it) and target='label':
+    every row explains the manifest's label, and its score is the model's logit for it."""
+    from polyviz.loading import load_model, read_image
+
+    lm = load_model("demo", weights=weights)
+    out = tmp_path / "o"
+    polyviz.run(shapes_dir / "manifest.csv", out, model=lambda: lm, methods=["gradcam"], target="label",
+                shard_size=7, progress=False, summary=False)
+    items = list_inputs(shapes_dir / "manifest.csv")
+    rows = read_results(out).to_pylist()
+    assert [r["target"] for r in rows] == [i.label for i in items]
+    x = np.stack([read_image(i.path, (64, 64)) for i in items])
+    logits = polyviz.backend_for(lm.model).forward(x).astype(np.float64)
+    np.testing.assert_allclose([r["score"] for r in rows], logits[np.arange(len(items)), [i.label for i in items]],
+                               rtol=1e-5, atol=1e-5 * np.abs(logits).max())
