@@ -13,7 +13,6 @@ resized to 16 x 16; 0 with one method.
 from __future__ import annotations
 
 import io
-import json
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,7 +187,3 @@ class ShardWorker:
                 row["array_row"] = i if cfg.store_arrays else None
                 rows.append(row)
         return ShardOutput(shard, rows, np.array([it.index for it in items], np.int64), arrays, skipped)
-
-
-def options_json(options: dict[str, Any]) -> str:
-    return json.dumps(options, sort_keys=True, default=str)
