@@ -51,6 +51,7 @@ from polyviz.protocol import (
     Rule,
 )
 from polyviz.registry import available_backends, backend_for, refresh
+from polyviz.runs import run
 
 __version__ = "0.1.0"
 
@@ -96,6 +97,7 @@ __all__ = [
     "Explanation",
     "backend_for",
     "refresh",
+    "run",
     "OptimisationResult",
     "visualize_filter",
     "class_model",

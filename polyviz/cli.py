@@ -889,6 +889,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(a one-channel VGG-style net at --size, default 32 px)")
     bench.add_argument("--metric-images", type=int, default=8, help="images per metric row (default 8)")
     bench.set_defaults(func=cmd_bench)
+    from polyviz.runs.cli import add_run_command
+
+    add_run_command(sub, common)  # `polyviz run`: whole data sets (polyviz.runs)
     return parser
 
 

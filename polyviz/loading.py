@@ -308,13 +308,14 @@ def check_image_headers(files: list[Path], *, max_pixels: int | None = None) -> 
 
 
 def read_image(
-    path: str | Path,
+    path: str | Path | Any,
     size: tuple[int, int] | int,
     *,
     max_pixels: int | None = None,
     background: str | tuple[int, int, int] = "white",
 ) -> np.ndarray:
-    """One image file as (H, W, 3) float32 in [0, 1], resized to ``size`` (bilinear).
+    """One image file (a path, or a binary file object named by its ``str``) as (H, W, 3) float32
+    in [0, 1], resized to ``size`` (bilinear).
 
     - 8-bit images: RGB / 255 (grey levels repeated on the three channels), as PIL gives them.
     - 16-bit images (PIL modes ``I;16``, ``I;16B``, ``I`` of a 16-bit PNG or TIFF): / 65535, resized
@@ -330,7 +331,7 @@ def read_image(
     """
     from PIL import Image
 
-    path = Path(path)
+    path = path if hasattr(path, "read") else Path(path)  # a binary file object (bytes read by Ray Data) too
     h, w = (size, size) if isinstance(size, int) else size
     bg = _background(background)
     im = _open(path, max_image_pixels(max_pixels))
