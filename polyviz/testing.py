@@ -258,7 +258,9 @@ def check_deeplift(c: Conformance) -> None:
         assert_close(out.values, logits[np.arange(len(c.x)), c.targets], "deeplift_gradient values")
         gain = logits - c.reference.output(reference)
         attr = ((c.x - reference) * np.asarray(out.gradient, np.float64)).reshape(len(c.x), -1).sum(axis=1)
-        assert_close(attr, gain[np.arange(len(c.x)), c.targets], "deeplift completeness", rtol=1e-3)
+        want = gain[np.arange(len(c.x)), c.targets]
+        if not np.all(np.abs(attr - want) <= 1e-3 * np.abs(want) + 1e-6):
+            raise AssertionError(f"deeplift completeness: sums {attr} != S(x) - S(x') {want}")
     _unchanged(c, before, "deeplift")
 
 def check_layer_activations(c: Conformance) -> None:

@@ -114,8 +114,8 @@ def randomise_bn(model, seed):
 def structure_net(residual=False):
     """conv-BN-ReLU, conv, (a residual add and a ReLU,) concat, max and average pooling: Captum has
     a rule (or needs none) for every operation, and is complete here (delta 3e-17, measured). With
-    a sigmoid/tanh branch beside the concat its module hooks are not (measured delta 6.8e-4, while
-    polyviz's is 1e-16), so that case is not compared."""
+    a sigmoid/tanh branch beside the concat its module hooks are not (measured delta 6.8e-4), so
+    that case is not compared."""
     import torch
     from torch import nn
 
