@@ -145,18 +145,15 @@ def test_rules_equal_hand_computed_reference(backend):
 
 
 def efficientnet(backend):
+    """EfficientNet-B0 with random weights and calibrated BatchNorm statistics (as in
+    test_deeplift_matrix: with the initial statistics its input gradient is ~1e-14)."""
     if not have(backend):
         pytest.skip(f"the {backend} backend is not available")
+    from test_deeplift_matrix import keras_model, torchvision_model
+
     if backend == "torch":
-        import torch
-        import torchvision
-
-        torch.manual_seed(0)
-        return torchvision.models.efficientnet_b0(num_classes=10).eval()
-    import keras
-
-    keras.utils.set_random_seed(0)
-    return keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3), classes=10)
+        return torchvision_model("efficientnet_b0", 32).float()
+    return keras_model("EfficientNetB0", 32)
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -168,7 +165,7 @@ def test_guided_differs_from_saliency_on_efficientnet_b0(backend):
     sal = explain(model, x, "saliency", target=3).attribution
     for method in ("guided_backprop", "deconvnet"):
         got = explain(model, x, method, target=3).attribution
-        assert np.all(np.isfinite(got)) and np.abs(got).max() > 0
+        assert np.all(np.isfinite(got)) and np.abs(got).max() > 1e-3 * np.abs(sal).max()
         assert rel(got, sal) > 0.1, method
     release()
 
