@@ -273,3 +273,33 @@ def test_captum_is_not_complete_on_the_squeeze_excitation_net():
     gain = np.abs(ours.attribution.sum(axis=(1, 2, 3), dtype=np.float64))
     assert np.all(np.abs(ours.options["convergence_delta"]) <= 1e-6 * gain)
     assert np.abs(delta.detach().numpy()).max() > 1e-3
+
+
+def test_keras_raw_ops_are_complete_or_refused():
+    """Raw keras.ops nodes of a functional graph: ``maximum(h, 0)``, ``silu``, ``sigmoid`` and
+    ``h * gate`` get their rules (the sum equals the gain); ``maximum`` of two tensors refuses."""
+    if not have("keras"):
+        pytest.skip("keras is not available")
+    import keras
+
+    from polyviz.errors import CapabilityError
+
+    def net(two_tensor_max):
+        keras.utils.set_random_seed(0)
+        with keras_float64():
+            inp = keras.Input((6, 6, 3))
+            h = keras.layers.Conv2D(4, 3)(inp)
+            h = keras.ops.maximum(h, 0.1 * h) if two_tensor_max else keras.ops.maximum(h, 0.0) + keras.ops.silu(h)
+            gate = keras.ops.sigmoid(keras.layers.GlobalAveragePooling2D(keepdims=True)(h))
+            return keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(h * gate)))
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+    base = rng.normal(size=(6, 6, 3)).astype(np.float32)
+    model = net(False)
+    e = explain(model, x, "deeplift", target=[0, 2], baseline=base)
+    out = np.asarray(model(x.astype(np.float64)))[[0, 1], [0, 2]]
+    ref = np.asarray(model(np.repeat(base[None], 2, 0).astype(np.float64)))[[0, 1], [0, 2]]
+    np.testing.assert_allclose(e.attribution.sum(axis=(1, 2, 3), dtype=np.float64), out - ref, rtol=1e-5)
+    with pytest.raises(CapabilityError, match="Maximum"):
+        explain(net(True), x, "deeplift", target=0, baseline=base)

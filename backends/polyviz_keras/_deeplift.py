@@ -196,7 +196,7 @@ def _raw_operation(op: Any, args: tuple, kwargs: dict) -> Any:
     """A raw ``keras.ops`` node of a functional graph (``x + 3``, ``x * gate``, ``ops.sigmoid(x)``)."""
     kind = type(op).__name__.lower()
     tensors = [a for a in args if _is_tensor(a)]
-    if kind in _RAW_ELEMENTWISE and len(tensors) == 1 and _is_tensor(args[0]):
+    if (kind in _RAW_ELEMENTWISE or kind in ("maximum", "minimum", "clip")) and len(tensors) == 1 and _is_tensor(args[0]):
         rest = args[1:]
         return rescale(lambda z: op(z, *rest, **kwargs))(args[0])
     if kind == "multiply" and len(tensors) == 2:
