@@ -45,7 +45,7 @@ from polyviz.protocol import (
 )
 from polyviz.reference import ReferenceNetwork
 
-__all__ = ["Conformance", "CHECKS", "run_conformance", "tiny_spec", "assert_close"]
+__all__ = ["Conformance", "CHECKS", "run_conformance", "tiny_spec", "assert_close", "deeplift_oracle"]
 
 RTOL = 1e-4
 
@@ -200,6 +200,68 @@ def check_relu_rules(c: Conformance) -> None:
     _, plain = c.backend.input_gradient(c.x, ClassScore(c.targets.tolist()))
     assert_close(plain, c.reference.input_gradient(c.x, c.one_hot(c.targets)), "plain gradient after a rule")
 
+
+
+# ------------------------------------------------------------------------------------------------
+# DeepLIFT (issue 13): the backend's multipliers against a numpy oracle
+# ------------------------------------------------------------------------------------------------
+
+
+def deeplift_oracle(net: ReferenceNetwork, x: np.ndarray, reference: np.ndarray, grad_output: np.ndarray) -> np.ndarray:
+    """DeepLIFT multipliers of ``sum(grad_output * output)`` w.r.t. ``x`` against ``reference``, in
+    float64 numpy: the batch ``[x, x']`` runs through ``net``, the backward pass applies
+    :mod:`polyviz.rules.deeplift` (rescale at every ReLU, Captum's max-pool rule) through
+    :class:`~polyviz.rules.deeplift.NumpyOps`, and differentiates linear layers as they are."""
+    from polyviz.rules.deeplift import NumpyOps, maxpool_backward, rescale_multiplier
+
+    ops = NumpyOps()
+    trace = net.forward(np.concatenate([x, reference]).astype(np.float64))
+    g = np.concatenate([grad_output, grad_output]).astype(np.float64)
+
+    def relu(g: np.ndarray, z: np.ndarray) -> np.ndarray:
+        return g * rescale_multiplier(ops, z, np.maximum(z, 0.0), lambda: (z > 0).astype(np.float64))
+
+    for idx in range(len(net.spec.layers) - 1, -1, -1):
+        layer = net.spec.layers[idx]
+        cfg, a_in = layer.config, trace.inputs[idx]
+        if layer.kind in ("conv2d", "dense"):
+            if cfg.get("activation") == "relu":
+                g = relu(g, trace.pre_activations[idx])
+            elif cfg.get("activation") not in (None, "linear"):
+                raise InputError(f"deeplift_oracle: activation {cfg.get('activation')!r} is not supported")
+            g = g @ net.weights[layer.name]["kernel"].T if layer.kind == "dense" else net._conv_back(g, a_in, layer.name, cfg)
+        elif layer.kind == "relu":
+            g = relu(g, trace.pre_activations[idx])
+        elif layer.kind == "maxpool2d":
+            g = maxpool_backward(ops, g, a_in, trace.outputs[idx], lambda v, a=a_in, cfg=cfg: net._maxpool_back(v, a, cfg))
+        elif layer.kind == "avgpool2d":
+            g = net._avgpool_back(g, a_in, cfg)
+        elif layer.kind == "flatten":
+            g = g.reshape(a_in.shape)
+        elif layer.kind not in ("dropout",):
+            raise InputError(f"deeplift_oracle: layer kind {layer.kind!r} is not supported")
+    return g[: len(x)]
+
+
+def check_deeplift(c: Conformance) -> None:
+    """``deeplift_gradient`` equals the numpy oracle (shared reference and one per sample), its
+    values are the objective at ``x``, the attribution is complete, and the model is unchanged."""
+    if not c.has(Capability.DEEPLIFT):
+        return
+    before = c.fingerprint()
+    rng = np.random.default_rng(7)
+    for reference in (np.zeros_like(c.x), (c.x * 0.5 + rng.normal(scale=0.3, size=c.x.shape)).astype(np.float32)):
+        out = c.backend.deeplift_gradient(c.x, reference, ClassScore(c.targets.tolist()))
+        expected = deeplift_oracle(c.reference, c.x, reference, c.one_hot(c.targets))
+        assert_close(out.gradient, expected, "deeplift_gradient multipliers")
+        logits = c.reference.output(c.x)
+        assert_close(out.values, logits[np.arange(len(c.x)), c.targets], "deeplift_gradient values")
+        gain = logits - c.reference.output(reference)
+        attr = ((c.x - reference) * np.asarray(out.gradient, np.float64)).reshape(len(c.x), -1).sum(axis=1)
+        want = gain[np.arange(len(c.x)), c.targets]
+        if not np.all(np.abs(attr - want) <= 1e-3 * np.abs(want) + 1e-6):
+            raise AssertionError(f"deeplift completeness: sums {attr} != S(x) - S(x') {want}")
+    _unchanged(c, before, "deeplift")
 
 def check_layer_activations(c: Conformance) -> None:
     """Activations of fused, standalone-ReLU and pooling layers, and the output when asked."""
@@ -439,6 +501,7 @@ CHECKS: list[Callable[[Conformance], None]] = [
     check_input_gradient,
     check_batching_invisible,
     check_relu_rules,
+    check_deeplift,
     check_layer_activations,
     check_layer_gradients,
     check_objectives,

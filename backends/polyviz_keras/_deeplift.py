@@ -1,23 +1,24 @@
-"""DeepLIFT multipliers in TensorFlow (Shrikumar et al. 2017, arXiv:1704.02685, rescale rule),
-the same rules as ``polyviz_torch._deeplift`` (and Captum's ``DeepLift``).
+"""DeepLIFT in TensorFlow: the rules of :mod:`polyviz.rules.deeplift`, hung on the Keras graph
+(the same rules as ``polyviz_torch._deeplift`` and, where it has them, Captum's ``DeepLift``).
 
 The inputs and their references run through the model's graph as one batch ``concat([x, x'])``
 (``Run.deeplift``); :func:`call_layer` replaces, for that run only, each nonlinearity by a
 ``tf.custom_gradient`` version:
 
-* element-wise activations (``relu``, ``leaky_relu``, ``elu``, ``sigmoid``, ``tanh``,
-  ``softplus``), standalone (``ReLU``, ``LeakyReLU``, ``ELU``, ``Activation``) or fused into a
-  Dense/Conv layer (its pre-activation is computed from its weights and the activation applied
-  by the rule): backward ``g * (f(z) - f(z')) / (z - z')``, for both halves, the true gradient
-  where ``|z - z'| < 1e-10``;
-* ``MaxPooling2D``: Captum's rule: with ``o``, ``o'`` the pooled outputs and ``m = max(o, o')``,
-  ``(m - o')`` is routed to the input's arg-max and ``(o - m)`` to the reference's, both summed and
-  divided by ``z - z'`` (true gradient where ``|z - z'| < 1e-10``).
+* element-wise activations (relu, relu6, leaky_relu, elu, selu, celu, gelu, silu/swish,
+  hard_silu/hard_swish, hard_sigmoid, sigmoid, tanh, softplus, mish, ...), standalone (``ReLU``
+  with any ``max_value``/``negative_slope``/``threshold``, ``LeakyReLU``, ``ELU``, ``Activation``),
+  fused into a Dense/Conv layer (its pre-activation is computed from its weights and the activation
+  applied by the rule) or raw ``keras.ops`` nodes of a functional graph: the rescale rule;
+* ``MaxPooling2D``: Captum's max-pool rule;
+* ``Multiply`` of two tensors (squeeze-excitation), layer or raw op: the two-factor product rule.
 
-Layers with no parameters-free nonlinearity (Conv, Dense without activation, pooling by
-averaging, Flatten, Dropout, BatchNormalization in inference, Add, ...) run as they are. Other
-nonlinearities (GELU, swish, softmax inside the network or on the output with ``logits=False``,
-1-D/3-D or global max pooling, parametrised ReLUs) raise a :class:`CapabilityError` naming the layer.
+Linear layers (Conv, Dense without activation, average pooling, ZeroPadding, Flatten, Dropout,
+BatchNormalization in inference, Rescaling, Normalization, Add, Concatenate, ...) run as they are.
+Other nonlinearities (softmax inside the network or on the output with ``logits=False``, layer or
+group normalisation, attention, 1-D/3-D or global max pooling, parametrised ReLUs, division or
+matrix products of two tensors) raise a :class:`CapabilityError` naming the layer. This file holds
+only the TensorFlow plumbing; the maths is in ``polyviz.rules.deeplift``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tensorflow as tf
 
 from polyviz.errors import CapabilityError
 from polyviz.preprocess import Preprocess
+from polyviz.rules.deeplift import EPS, maxpool_backward, product_backward, rescale_multiplier
 from polyviz_keras._functions import (
     count_trace,
     data_signature,
@@ -48,25 +50,74 @@ from polyviz_keras._graph import (
     pre_activation,
 )
 
-__all__ = ["call_layer", "make_deeplift", "EPS", "SUPPORTED"]
+__all__ = ["call_layer", "make_deeplift", "EPS", "SUPPORTED", "TfOps"]
 
-EPS = 1e-10
-SUPPORTED = "relu, leaky_relu, elu, sigmoid, tanh, softplus activations and MaxPooling2D"
+SUPPORTED = ("element-wise activations (relu, relu6, leaky_relu, elu, selu, gelu, silu/swish, hard_swish, "
+             "hard_sigmoid, sigmoid, tanh, softplus, mish, ...), MaxPooling2D, Multiply of two tensors and "
+             "linear layers")
 #: activation names with a rule (the layer's own activation function is applied)
-_ACTIVATIONS = frozenset({"relu", "leaky_relu", "elu", "sigmoid", "tanh", "softplus"})
-_MAX_POOLS = tuple(
-    getattr(keras.layers, name) for name in (
-        "MaxPooling1D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D")
-)
+_ACTIVATIONS = frozenset({
+    "relu", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "swish", "hard_silu", "hard_swish",
+    "hard_sigmoid", "sigmoid", "tanh", "softplus", "softsign", "mish", "exponential", "log_sigmoid", "hard_tanh",
+    "sparse_plus", "squareplus", "tanh_shrink", "soft_shrink", "hard_shrink", "sparse_sigmoid", "threshold",
+})
+#: raw keras.ops operation classes (lower-cased names) that are element-wise in their first argument
+_RAW_ELEMENTWISE = frozenset({
+    "relu", "relu6", "sigmoid", "silu", "swish", "hardsigmoid", "hardsilu", "hardswish", "gelu", "elu", "selu",
+    "celu", "softplus", "softsign", "leakyrelu", "logsigmoid", "mish", "hardtanh", "sparseplus", "squareplus",
+    "tanhshrink", "softshrink", "hardshrink", "sparsesigmoid", "tanh", "exp", "abs", "absolute", "square",
+    "erf", "log", "sqrt", "negative",
+})
+#: raw operations that are nonlinear and not element-wise
+_RAW_REFUSED = frozenset({"softmax", "logsoftmax", "layernorm", "rmsnorm", "normalize", "dotproductattention",
+                          "sparsemax", "glu", "adaptivemaxpool", "maxpool", "max", "min", "argmax", "moments"})
+_TWO_TENSORS_REFUSED = frozenset({"divide", "truedivide", "matmul", "einsum", "dot", "tensordot", "maximum",
+                                  "minimum", "power"})
+_REFUSED_LAYERS = tuple(getattr(keras.layers, name) for name in (
+    "MaxPooling1D", "MaxPooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D", "GlobalMaxPooling3D",
+    "LayerNormalization", "GroupNormalization", "UnitNormalization", "RMSNormalization", "MultiHeadAttention",
+    "Attention", "AdditiveAttention", "GroupQueryAttention", "Dot", "Maximum", "Minimum",
+) if hasattr(keras.layers, name))
 
 
-def _doubled_delta(t: tf.Tensor) -> tf.Tensor:
-    n = tf.shape(t)[0] // 2
-    d = t[:n] - t[n:]
-    return tf.concat([d, d], 0)
+class TfOps:
+    """:class:`polyviz.rules.deeplift.DeepLiftOps` in TensorFlow (graph mode: no Python branching
+    on values)."""
+
+    @staticmethod
+    def halves(t: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        n = tf.shape(t)[0] // 2
+        return t[:n], t[n:]
+
+    @staticmethod
+    def cat(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.concat([a, b], 0)
+
+    @staticmethod
+    def where(cond: tf.Tensor, a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.where(cond, a, b)
+
+    @staticmethod
+    def small(t: tf.Tensor, eps: float) -> tf.Tensor:
+        return tf.abs(t) < eps
+
+    @staticmethod
+    def maximum(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+        return tf.maximum(a, b)
+
+    @staticmethod
+    def sum_to(t: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+        lead = t.shape.rank - like.shape.rank
+        if lead:
+            t = tf.reduce_sum(t, axis=list(range(lead)))
+        axes = [i for i, (a, b) in enumerate(zip(like.shape, t.shape)) if a == 1 and b != 1]
+        return tf.reduce_sum(t, axis=axes, keepdims=True) if axes else t
 
 
-def rescale(fn: Callable[[tf.Tensor], tf.Tensor], relu: bool = False) -> Callable[[tf.Tensor], tf.Tensor]:
+OPS = TfOps()
+
+
+def rescale(fn: Callable[[tf.Tensor], tf.Tensor]) -> Callable[[tf.Tensor], tf.Tensor]:
     """``fn`` forward; DeepLIFT's rescale rule backward on a batch ``concat([z, z'])``."""
 
     @tf.custom_gradient
@@ -74,20 +125,27 @@ def rescale(fn: Callable[[tf.Tensor], tf.Tensor], relu: bool = False) -> Callabl
         out = fn(z)
 
         def grad(g: tf.Tensor) -> tf.Tensor:
-            if relu:
-                true = g * tf.cast(z > 0, g.dtype)
-            else:
+            def derivative() -> tf.Tensor:
                 with tf.GradientTape() as tape:
                     tape.watch(z)
                     y = fn(z)
-                true = tape.gradient(y, z, output_gradients=g)
-            delta_in, delta_out = _doubled_delta(z), _doubled_delta(out)
-            safe = tf.where(tf.abs(delta_in) < EPS, tf.ones_like(delta_in), delta_in)
-            return tf.where(tf.abs(delta_in) < EPS, true, g * delta_out / safe)
+                return tape.gradient(y, z)
+
+            return g * rescale_multiplier(OPS, z, out, derivative)
 
         return out, grad
 
     return apply
+
+
+@tf.custom_gradient
+def product(a: tf.Tensor, b: tf.Tensor) -> Any:
+    """``a * b`` forward; the two-factor product rule backward."""
+
+    def grad(g: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return product_backward(OPS, g, a, b)
+
+    return a * b, grad
 
 
 def max_pool_rule(layer: Any) -> Callable[[tf.Tensor], tf.Tensor]:
@@ -96,26 +154,17 @@ def max_pool_rule(layer: Any) -> Callable[[tf.Tensor], tf.Tensor]:
     strides = [1, *layer.strides, 1]
     padding = layer.padding.upper()
 
-    def unpool(z: tf.Tensor, out: tf.Tensor, g: tf.Tensor) -> tf.Tensor:
-        """``g`` routed to the arg-max of each window of ``z`` (the max-pool vjp)."""
-        return tf.raw_ops.MaxPoolGrad(orig_input=z, orig_output=out, grad=g, ksize=ksize, strides=strides,
-                                      padding=padding, data_format="NHWC")
-
     @tf.custom_gradient
     def apply(z: tf.Tensor) -> Any:
         out = tf.nn.max_pool2d(z, ksize, strides, padding)
 
         def grad(g: tf.Tensor) -> tf.Tensor:
-            n = tf.shape(out)[0] // 2
-            o, o_ref = out[:n], out[n:]
-            top = tf.maximum(o, o_ref)
-            routed = unpool(z, out, g * tf.concat([top - o_ref, o - top], 0))
-            summed = routed[:n] + routed[n:]
-            summed = tf.concat([summed, summed], 0)
-            delta_in = _doubled_delta(z)
-            small = tf.abs(delta_in) < EPS
-            safe = tf.where(small, tf.ones_like(delta_in), delta_in)
-            return tf.where(small, unpool(z, out, g), summed / safe)
+            def unpool(values: tf.Tensor) -> tf.Tensor:
+                """``values`` routed to the arg-max of each window of ``z`` (the max-pool vjp)."""
+                return tf.raw_ops.MaxPoolGrad(orig_input=z, orig_output=out, grad=values, ksize=ksize,
+                                              strides=strides, padding=padding, data_format="NHWC")
+
+            return maxpool_backward(OPS, g, z, out, unpool)
 
         return out, grad
 
@@ -136,17 +185,34 @@ def _activation_rule(layer: Any, name: str | None) -> Callable[[tf.Tensor], tf.T
         return None
     if name not in _ACTIVATIONS:
         raise _refuse(layer, f"the activation {name!r}")
-    return rescale(layer.activation, relu=name == "relu")
+    return rescale(layer.activation)
+
+
+def _is_tensor(t: Any) -> bool:
+    return isinstance(t, tf.Tensor | tf.Variable) or (hasattr(t, "shape") and hasattr(t, "dtype") and not np.isscalar(t))
+
+
+def _raw_operation(op: Any, args: tuple, kwargs: dict) -> Any:
+    """A raw ``keras.ops`` node of a functional graph (``x + 3``, ``x * gate``, ``ops.sigmoid(x)``)."""
+    kind = type(op).__name__.lower()
+    tensors = [a for a in args if _is_tensor(a)]
+    if (kind in _RAW_ELEMENTWISE or kind in ("maximum", "minimum", "clip")) and len(tensors) == 1 and _is_tensor(args[0]):
+        rest = args[1:]
+        return rescale(lambda z: op(z, *rest, **kwargs))(args[0])
+    if kind == "multiply" and len(tensors) == 2:
+        return product(*args)
+    if kind in _RAW_REFUSED or (kind in _TWO_TENSORS_REFUSED and len(tensors) >= 2):
+        raise _refuse(op, f"the operation {type(op).__name__}")
+    return call_operation(op, args, kwargs)
 
 
 def call_layer(layer: Any, args: tuple, kwargs: dict) -> Any:
     """Call one (non-nested) layer on the 2N batch with DeepLIFT's rules."""
     if isinstance(layer, keras.layers.ReLU):
-        if layer.max_value is not None or float(layer.threshold) != 0.0:
-            raise _refuse(layer, "a ReLU with max_value/threshold")
-        slope = float(layer.negative_slope)
-        fn = tf.nn.relu if slope == 0.0 else (lambda z: tf.nn.leaky_relu(z, slope))
-        return rescale(fn, relu=slope == 0.0)(args[0])
+        slope, top, threshold = float(layer.negative_slope), layer.max_value, float(layer.threshold)
+        top = None if top is None else float(top)
+        return rescale(lambda z: keras.activations.relu(z, negative_slope=slope, max_value=top,
+                                                        threshold=threshold))(args[0])
     if isinstance(layer, keras.layers.LeakyReLU):
         slope = float(layer.negative_slope)
         return rescale(lambda z: tf.nn.leaky_relu(z, slope))(args[0])
@@ -160,12 +226,19 @@ def call_layer(layer: Any, args: tuple, kwargs: dict) -> Any:
         if getattr(layer, "data_format", "channels_last") != "channels_last":
             raise _refuse(layer, "channels-first max pooling")
         return max_pool_rule(layer)(args[0])
+    if isinstance(layer, keras.layers.Multiply):
+        inputs = args[0]
+        if len(inputs) != 2:
+            raise _refuse(layer, f"a product of {len(inputs)} tensors (the product rule takes two)")
+        return product(inputs[0], inputs[1])
     if isinstance(layer, keras.layers.Softmax):
         raise _refuse(layer, "softmax")
     if isinstance(layer, keras.layers.PReLU):
         raise _refuse(layer, "a parametric ReLU")
-    if isinstance(layer, _MAX_POOLS):
-        raise _refuse(layer, "max pooling other than 2-D")
+    if isinstance(layer, _REFUSED_LAYERS):
+        raise _refuse(layer, type(layer).__name__)
+    if not isinstance(layer, keras.layers.Layer):
+        return _raw_operation(layer, args, kwargs)
     if is_weighted_with_activation(layer):
         rule = _activation_rule(layer, activation_name(layer))
         if rule is not None:

@@ -218,6 +218,10 @@ def make_gradient(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.
             out = forward_through(ref, x, run, pre)
             values = evaluate(objective_key, out, run.recorded, data)
             total = tf.reduce_sum(values)
+        if relu_rule is not None and run.rectifiers == 0:
+            from polyviz_keras._guided import refuse
+
+            raise refuse(relu_rule, "the forward pass met no rectifier, so the result would be the plain gradient")
         if wrt_layers:
             acts = [run.recorded[name] for name in layers]
             grads = tape.gradient(total, acts, unconnected_gradients=tf.UnconnectedGradients.ZERO)

@@ -169,28 +169,6 @@ def final_softmax(model: Any) -> Any | None:
     return None
 
 
-def relu_with_rule(rule: str) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A ReLU whose forward is ``max(x, 0)`` and whose backward follows ``rule``."""
-
-    @tf.custom_gradient
-    def guided(x: tf.Tensor) -> Any:
-        def grad(dy: tf.Tensor) -> tf.Tensor:
-            return dy * tf.cast(x > 0, dy.dtype) * tf.cast(dy > 0, dy.dtype)
-
-        return tf.nn.relu(x), grad
-
-    @tf.custom_gradient
-    def deconvnet(x: tf.Tensor) -> Any:
-        def grad(dy: tf.Tensor) -> tf.Tensor:
-            return tf.nn.relu(dy)
-
-        return tf.nn.relu(x), grad
-
-    return guided if rule == "guided" else deconvnet
-
-
-
-
 class _WithoutActivation:
     """A read-only view of a layer whose ``activation`` is None; every other attribute (weights,
     strides, padding, helper methods) is the layer's own. The layer itself is never written to."""
@@ -239,6 +217,8 @@ class Run:
 
     record: frozenset[str] = frozenset()
     relu_rule: str | None = None
+    #: rectifiers the relu_rule was applied at (polyviz_keras._guided); none means the rule is refused
+    rectifiers: int = 0
     logits: bool = True
     scale: dict[str, tf.Tensor] = field(default_factory=dict)
     #: layer name -> the tensor that stands for its output (the layer itself is not called)
@@ -267,10 +247,13 @@ def _call_layer(layer: Any, run: Run, args: tuple, kwargs: dict) -> Any:
 
         return call_layer(layer, args, kwargs)
     if run.relu_rule is not None:
-        if is_plain_relu_layer(layer):
-            return relu_with_rule(run.relu_rule)(args[0])
-        if has_fused_activation(layer, "relu"):
-            return relu_with_rule(run.relu_rule)(pre_activation(layer, args[0]))
+        from polyviz_keras._guided import NOT_HANDLED, call_with_rule
+
+        out = call_with_rule(layer, run.relu_rule, args, kwargs, pre_activation, is_weighted_with_activation,
+                             activation_name)
+        if out is not NOT_HANDLED:
+            run.rectifiers += 1
+            return out
     return call_operation(layer, args, kwargs)
 
 

@@ -1,29 +1,27 @@
-"""DeepLIFT multipliers in torch (Shrikumar et al. 2017, arXiv:1704.02685, rescale rule).
+"""DeepLIFT in torch: the rules of :mod:`polyviz.rules.deeplift`, hung on the forward pass.
 
 As Captum's ``DeepLift`` does, the inputs and their references run through the model as one
-batch ``cat([x, x'])`` so that every nonlinearity sees its input ``z`` and reference input ``z'``
-side by side. A :class:`DeepLiftMode` (a ``TorchFunctionMode``, active for the forward pass only)
-routes each nonlinearity through an autograd Function whose backward is DeepLIFT's:
+batch ``cat([x, x'])``. A :class:`DeepLiftMode` (a ``TorchFunctionMode``, active for the forward
+pass only) routes, functional or module form alike, each
 
-* element-wise nonlinearities (ReLU, LeakyReLU, ELU, Sigmoid, Tanh, Softplus: Captum's list
-  without Softmax) pass back ``g * (f(z) - f(z')) / (z - z')``, the same multiplier for both
-  halves, and the true gradient ``g * f'(z)`` where ``|z - z'| < 1e-10``;
-* 2-D max pooling follows Captum's rule: with ``o``, ``o'`` the pooled outputs and
-  ``m = max(o, o')``, the change ``o - o'`` is split into ``(m - o')`` routed to the input's
-  arg-max and ``(o - m)`` routed to the reference's arg-max; both are summed and divided by
-  ``z - z'`` (true gradient where ``|z - z'| < 1e-10``).
+* element-wise nonlinearity (ReLU, ReLU6/hardtanh, LeakyReLU, ELU, SELU, CELU, SiLU, GELU,
+  hardswish, hardsigmoid, mish, sigmoid, tanh, softplus, logsigmoid, softsign, clamp, exp, abs,
+  square, erf) through an autograd Function whose backward is the rescale rule;
+* 2-D max pooling through Captum's max-pool rule;
+* product of two input-dependent tensors (the squeeze-excitation gate ``scale * input``) through
+  the two-factor product rule.
 
-Everything else (convolutions, linear layers, average pooling, batch norm in eval mode, ...) is
-differentiated as it is. The objective is summed over both halves, as Captum's is, so the
-reference half's multipliers feed the max-pool rule exactly as in Captum; the gradient is taken
-with respect to the input half only.
+Everything else (convolutions, linear layers, average pooling, batch norm in eval mode, additions,
+concatenations, reshapes, ...) is linear and differentiated as it is. Nonlinearities with no rule
+(softmax, layer/group norm, division or matrix products of two activations, adaptive or 1-D/3-D
+max pooling, ...) raise a :class:`CapabilityError` naming them instead of being differentiated
+silently. This file holds only the torch plumbing; the maths is in ``polyviz.rules.deeplift``.
 
-Differences from Captum 0.9, neither visible on VGG-style networks: the mode reaches functional
-nonlinearities (``F.relu``, ``torch.sigmoid``, ``x.relu_()``) and modules used twice, which Captum's
-module hooks miss or reject; and the max-pool fallback uses each sample's own gradient where Captum
-takes ``grad_input[0]`` (the first sample's) for every sample. Nonlinearities with no rule here
-(GELU, SiLU, Softmax, adaptive or 1-D/3-D max pooling, ...) raise a :class:`CapabilityError`
-naming them instead of being differentiated silently.
+Differences from Captum 0.9: the mode reaches functional nonlinearities (``F.relu``,
+``torch.sigmoid``, ``x.relu_()``) and modules used twice, which Captum's module hooks miss or
+reject; Captum has no rule for SiLU, GELU, hardswish, ReLU6 (it differentiates them, silently
+breaking completeness) nor for products; and the max-pool fallback uses each sample's own gradient
+where Captum takes ``grad_input[0]`` (the first sample's) for every sample.
 """
 
 from __future__ import annotations
@@ -38,21 +36,45 @@ from torch.overrides import TorchFunctionMode
 
 from polyviz.errors import CapabilityError
 from polyviz.protocol import Gradients, Objective
+from polyviz.rules.deeplift import EPS, maxpool_backward, product_backward, rescale_multiplier
 
-__all__ = ["DeepLiftMode", "deeplift_gradient", "EPS", "SUPPORTED"]
+__all__ = ["DeepLiftMode", "deeplift_gradient", "EPS", "SUPPORTED", "TorchOps"]
 
-#: |z - z'| below which the true gradient replaces the multiplier (Captum's default eps).
-EPS = 1e-10
-SUPPORTED = "ReLU, LeakyReLU, ELU, Sigmoid, Tanh, Softplus and 2-D max pooling"
-
-
-def _halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n = t.shape[0] // 2
-    return t[:n], t[n:]
+SUPPORTED = ("element-wise nonlinearities (ReLU, ReLU6, LeakyReLU, ELU, SELU, CELU, SiLU, GELU, hardswish, "
+             "hardsigmoid, mish, sigmoid, tanh, softplus, ...), 2-D max pooling, products of two activations "
+             "and linear operations")
 
 
-def _twice(t: torch.Tensor) -> torch.Tensor:
-    return torch.cat([t, t])
+class TorchOps:
+    """:class:`polyviz.rules.deeplift.DeepLiftOps` in torch."""
+
+    @staticmethod
+    def halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = t.shape[0] // 2
+        return t[:n], t[n:]
+
+    @staticmethod
+    def cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a, b])
+
+    @staticmethod
+    def where(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.where(cond, a, b)
+
+    @staticmethod
+    def small(t: torch.Tensor, eps: float) -> torch.Tensor:
+        return t.abs() < eps
+
+    @staticmethod
+    def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(a, b)
+
+    @staticmethod
+    def sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.sum_to_size(like.shape) if t.shape != like.shape else t
+
+
+OPS = TorchOps()
 
 
 def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
@@ -64,22 +86,15 @@ def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> 
 
 
 class _Rescale(torch.autograd.Function):
-    """``fn(z)`` forward (in place when asked); DeepLIFT's rescale rule backward. The multiplier
-    of every element is known after the forward pass, so it is computed there (before an in-place
-    forward overwrites ``z``) and the backward is one product."""
+    """``fn(z)`` forward (in place when asked); the rescale rule backward. The multiplier is known
+    after the forward pass, so it is computed there (before an in-place forward overwrites ``z``)."""
 
     @staticmethod
-    def forward(ctx: Any, z: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], relu: bool,
-                inplace: bool) -> torch.Tensor:
+    def forward(ctx: Any, z: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], inplace: bool) -> torch.Tensor:
         with torch.no_grad():
             z0 = z.detach()
             out = fn(z0)
-            zx, zr = _halves(z0)
-            ox, orf = _halves(out)
-            delta_in = zx - zr
-            small = _twice(delta_in.abs() < EPS)
-            true = (z0 > 0).to(z0.dtype) if relu else _derivative(fn, z0)
-            ctx.multiplier = torch.where(small, true, _twice((ox - orf) / delta_in))
+            ctx.multiplier = rescale_multiplier(OPS, z0, out, lambda: _derivative(fn, z0))
         if inplace:
             ctx.mark_dirty(z)
             return z.copy_(out)
@@ -87,7 +102,21 @@ class _Rescale(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        return g * ctx.multiplier, None, None, None
+        return g * ctx.multiplier, None, None
+
+
+class _Product(torch.autograd.Function):
+    """``a * b`` forward; the two-factor product rule backward."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        a, b = ctx.saved_tensors
+        return product_backward(OPS, g, a, b)
 
 
 class _MaxPool(torch.autograd.Function):
@@ -99,8 +128,6 @@ class _MaxPool(torch.autograd.Function):
             z0 = z.detach()
             out, indices = F.max_pool2d_with_indices(z0, params["kernel_size"], params["stride"], params["padding"],
                                                      params["dilation"], params["ceil_mode"], True)
-            zx, zr = _halves(z0)
-            ctx.delta_in = zx - zr
         ctx.z0, ctx.out, ctx.indices, ctx.params = z0, out, indices, params
         return out
 
@@ -114,16 +141,7 @@ class _MaxPool(torch.autograd.Function):
                 values, ctx.z0, _pair(p["kernel_size"]), _pair(p["stride"]), _pair(p["padding"]),
                 _pair(p["dilation"]), bool(p["ceil_mode"]), ctx.indices)
 
-        o, o_ref = _halves(ctx.out)
-        top = torch.max(o, o_ref)
-        routed = unpool(g * torch.cat([top - o_ref, o - top]))
-        a, b = _halves(routed)
-        delta_in = ctx.delta_in
-        grad = _twice((a + b) / delta_in)
-        small = delta_in.abs() < EPS
-        if bool(small.any()):
-            grad = torch.where(_twice(small), unpool(g), grad)
-        return grad, None
+        return maxpool_backward(OPS, g, ctx.z0, ctx.out, unpool), None
 
 
 def _pair(v: Any) -> list[int]:
@@ -139,46 +157,69 @@ def _bind(args: tuple, kwargs: dict, names: tuple[tuple[str, Any], ...]) -> dict
     return out
 
 
-def _elementwise(func: Any, args: tuple, kwargs: dict) -> tuple[Callable, bool, bool] | None:
-    """(out-of-place fn, is_relu, in_place) for a supported element-wise call, else None."""
-    if func is F.relu:
-        return torch.relu, True, bool(_bind(args, kwargs, (("inplace", False),))["inplace"])
-    if func in (torch.relu, torch.Tensor.relu):
-        return torch.relu, True, False
-    if func in (torch.relu_, torch.Tensor.relu_, F.relu_):
-        return torch.relu, True, True
-    if func in (torch.sigmoid, torch.Tensor.sigmoid):
-        return torch.sigmoid, False, False
-    if func in (torch.sigmoid_, torch.Tensor.sigmoid_):
-        return torch.sigmoid, False, True
-    if func in (torch.tanh, torch.Tensor.tanh):
-        return torch.tanh, False, False
-    if func in (torch.tanh_, torch.Tensor.tanh_):
-        return torch.tanh, False, True
-    if func in (F.elu, F.elu_):
-        p = _bind(args, kwargs, (("alpha", 1.0), ("inplace", False)))
-        alpha = p["alpha"]
-        return (lambda z: F.elu(z, alpha)), False, func is F.elu_ or bool(p["inplace"])
-    if func in (F.leaky_relu, F.leaky_relu_):
-        p = _bind(args, kwargs, (("negative_slope", 0.01), ("inplace", False)))
-        slope = p["negative_slope"]
-        return (lambda z: F.leaky_relu(z, slope)), False, func is F.leaky_relu_ or bool(p["inplace"])
-    if func is F.softplus:
-        p = _bind(args, kwargs, (("beta", 1.0), ("threshold", 20.0)))
-        beta, threshold = p["beta"], p["threshold"]
-        return (lambda z: F.softplus(z, beta, threshold)), False, False
-    return None
+_INPLACE = (("inplace", False),)
+#: element-wise function -> (its out-of-place function, its arguments after the input with defaults)
+_ELEMENTWISE: dict[Any, tuple[Callable[..., torch.Tensor], tuple[tuple[str, Any], ...]]] = {
+    F.relu: (F.relu, _INPLACE), torch.relu: (torch.relu, ()), torch.Tensor.relu: (torch.relu, ()),
+    F.relu6: (F.relu6, _INPLACE),
+    F.hardtanh: (F.hardtanh, (("min_val", -1.0), ("max_val", 1.0), ("inplace", False))),
+    F.elu: (F.elu, (("alpha", 1.0), ("inplace", False))),
+    F.leaky_relu: (F.leaky_relu, (("negative_slope", 0.01), ("inplace", False))),
+    F.selu: (F.selu, _INPLACE), torch.selu: (torch.selu, ()),
+    F.celu: (F.celu, (("alpha", 1.0), ("inplace", False))),
+    F.silu: (F.silu, _INPLACE), F.hardswish: (F.hardswish, _INPLACE), F.hardsigmoid: (F.hardsigmoid, _INPLACE),
+    F.mish: (F.mish, _INPLACE), F.gelu: (F.gelu, (("approximate", "none"),)),
+    F.softplus: (F.softplus, (("beta", 1.0), ("threshold", 20.0))),
+    F.logsigmoid: (F.logsigmoid, ()), F.softsign: (F.softsign, ()),
+    torch.sigmoid: (torch.sigmoid, ()), torch.Tensor.sigmoid: (torch.sigmoid, ()), F.sigmoid: (torch.sigmoid, ()),
+    torch.tanh: (torch.tanh, ()), torch.Tensor.tanh: (torch.tanh, ()), F.tanh: (torch.tanh, ()),
+    torch.clamp: (torch.clamp, (("min", None), ("max", None))), torch.Tensor.clamp: (torch.clamp, (("min", None), ("max", None))),
+    torch.exp: (torch.exp, ()), torch.Tensor.exp: (torch.exp, ()), torch.abs: (torch.abs, ()),
+    torch.Tensor.abs: (torch.abs, ()), torch.square: (torch.square, ()), torch.erf: (torch.erf, ()),
+}
+#: in-place element-wise function -> its out-of-place function
+_ELEMENTWISE_INPLACE: dict[Any, tuple[Callable[..., torch.Tensor], tuple[tuple[str, Any], ...]]] = {
+    torch.relu_: (torch.relu, ()), torch.Tensor.relu_: (torch.relu, ()),
+    F.hardtanh_: (F.hardtanh, (("min_val", -1.0), ("max_val", 1.0))),
+    F.elu_: (F.elu, (("alpha", 1.0),)), F.leaky_relu_: (F.leaky_relu, (("negative_slope", 0.01),)),
+    torch.selu_: (torch.selu, ()), torch.sigmoid_: (torch.sigmoid, ()), torch.Tensor.sigmoid_: (torch.sigmoid, ()),
+    torch.tanh_: (torch.tanh, ()), torch.Tensor.tanh_: (torch.tanh, ()),
+    torch.clamp_: (torch.clamp, (("min", None), ("max", None))),
+    torch.Tensor.clamp_: (torch.clamp, (("min", None), ("max", None))),
+}
+_MULTIPLY = (torch.mul, torch.multiply, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__)
+_TWO_ACTIVATIONS = {
+    torch.Tensor.mul_: "an in-place product", torch.Tensor.__imul__: "an in-place product",
+    torch.div: "a division", torch.Tensor.div: "a division", torch.Tensor.__truediv__: "a division",
+    torch.matmul: "a matrix product", torch.Tensor.matmul: "a matrix product", torch.Tensor.__matmul__: "a matrix product",
+    torch.bmm: "a matrix product", torch.einsum: "an einsum",
+}
+
+
+def _elementwise(func: Any, args: tuple, kwargs: dict) -> tuple[Callable, bool] | None:
+    """(out-of-place fn, in_place) for a supported element-wise call, else None."""
+    try:
+        found, inplace = _ELEMENTWISE.get(func), False
+        if found is None:
+            found, inplace = _ELEMENTWISE_INPLACE.get(func), True
+    except TypeError:  # an unhashable callable
+        return None
+    if found is None:
+        return None
+    fn, names = found
+    params = _bind(args, kwargs, names)
+    inplace = inplace or bool(params.pop("inplace", False))
+    return (lambda z: fn(z, **params)), inplace
 
 
 def _unsupported() -> dict[Any, str]:
     names = {
-        "gelu": (F.gelu,), "silu": (F.silu,), "mish": (F.mish,), "hardswish": (F.hardswish,),
-        "hardsigmoid": (F.hardsigmoid,), "relu6": (F.relu6,), "hardtanh": (F.hardtanh, F.hardtanh_),
-        "selu": (F.selu, torch.selu, torch.selu_), "celu": (F.celu, torch.celu), "prelu": (F.prelu, torch.prelu),
-        "rrelu": (F.rrelu,), "glu": (F.glu,), "logsigmoid": (F.logsigmoid,), "softsign": (F.softsign,),
-        "threshold": (F.threshold,),
+        "prelu": (F.prelu, torch.prelu), "rrelu": (F.rrelu,), "glu": (F.glu,), "threshold": (F.threshold,),
         "softmax": (F.softmax, torch.softmax, torch.Tensor.softmax),
         "log_softmax": (F.log_softmax, torch.log_softmax, torch.Tensor.log_softmax),
+        "layer_norm": (F.layer_norm, torch.layer_norm), "group_norm": (F.group_norm, torch.group_norm),
+        "instance_norm": (F.instance_norm,), "normalize": (F.normalize,), "local_response_norm": (F.local_response_norm,),
+        "scaled_dot_product_attention": (F.scaled_dot_product_attention,),
         "max_pool1d": (F.max_pool1d, F.max_pool1d_with_indices), "max_pool3d": (F.max_pool3d, F.max_pool3d_with_indices),
         "max_pool2d_with_indices": (F.max_pool2d_with_indices,),
         "adaptive_max_pool1d": (F.adaptive_max_pool1d,), "adaptive_max_pool2d": (F.adaptive_max_pool2d,),
@@ -188,6 +229,11 @@ def _unsupported() -> dict[Any, str]:
 
 
 _UNSUPPORTED = _unsupported()
+
+
+def _activation(t: Any) -> bool:
+    """Whether ``t`` is a tensor computed from the input (not a constant or a parameter)."""
+    return isinstance(t, torch.Tensor) and t.grad_fn is not None
 
 
 class DeepLiftMode(TorchFunctionMode):
@@ -203,18 +249,18 @@ class DeepLiftMode(TorchFunctionMode):
         if args and isinstance(args[0], torch.Tensor):
             found = _elementwise(func, args, kwargs)
             if found is not None:
-                fn, relu, inplace = found
+                fn, inplace = found
                 self.count += 1
-                return _Rescale.apply(args[0], fn, relu, inplace)
+                return _Rescale.apply(args[0], fn, inplace)
             if func is F.max_pool2d:
-                params = _bind(args, kwargs, (("kernel_size", None), ("stride", None), ("padding", 0),
-                                              ("dilation", 1), ("ceil_mode", False), ("return_indices", False)))
-                if params["return_indices"]:
-                    self._refuse("max_pool2d with return_indices=True")
-                if params["stride"] is None or (isinstance(params["stride"], list | tuple) and not params["stride"]):
-                    params["stride"] = params["kernel_size"]
-                self.count += 1
-                return _MaxPool.apply(args[0], params)
+                return self._max_pool(args, kwargs)
+            if len(args) >= 2 and _activation(args[0]) and _activation(args[1]):
+                if func in _MULTIPLY:
+                    self.count += 1
+                    return _Product.apply(args[0], args[1])
+                what = _TWO_ACTIVATIONS.get(func)
+                if what is not None:
+                    self._refuse(f"{what} of two activations ({getattr(func, '__name__', func)})")
             try:
                 name = _UNSUPPORTED.get(func)
             except TypeError:  # an unhashable callable
@@ -222,6 +268,16 @@ class DeepLiftMode(TorchFunctionMode):
             if name is not None:
                 self._refuse(name)
         return func(*args, **kwargs)
+
+    def _max_pool(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        params = _bind(args, kwargs, (("kernel_size", None), ("stride", None), ("padding", 0),
+                                      ("dilation", 1), ("ceil_mode", False), ("return_indices", False)))
+        if params["return_indices"]:
+            self._refuse("max_pool2d with return_indices=True")
+        if params["stride"] is None or (isinstance(params["stride"], list | tuple) and not params["stride"]):
+            params["stride"] = params["kernel_size"]
+        self.count += 1
+        return _MaxPool.apply(args[0], params)
 
     @staticmethod
     def _refuse(name: str) -> None:

@@ -1,93 +1,141 @@
-"""Modified ReLU backward passes (guided backprop, deconvnet), applied without touching the model.
+"""Guided backprop and deconvnet backward passes through rectifiers, applied without touching the
+model; the rules themselves are :mod:`polyviz.rules.guided` (definitions and sources there).
 
 A :class:`ReluRuleMode` (a ``torch.overrides.TorchFunctionMode``) is active during one backend call.
-It intercepts every ReLU the forward pass runs, whether an ``nn.ReLU`` module (which calls
-``F.relu``) or a functional one (``F.relu``, ``torch.relu``, ``Tensor.relu``, their in-place
-forms ``torch.relu_``, ``Tensor.relu_``, ``F.relu(inplace=True)``), and runs it through a custom
-``torch.autograd.Function`` whose forward is the ReLU and whose backward follows the rule:
-
-* guided backprop (Springenberg et al. 2014, "Striving for Simplicity: The All Convolutional
-  Net"): pass back the gradient only where the forward input is positive *and* the gradient is
-  positive;
-* deconvnet (Zeiler & Fergus 2013, "Visualizing and Understanding Convolutional Networks"): pass
-  back the positive part of the gradient, whatever the forward input.
-
-Captum and pytorch-grad-cam patch ``nn.ReLU`` modules only, so they miss functional ReLUs.
+It intercepts every rectifier the forward pass runs, module or functional, out of place or in place
+(``nn.ReLU``/``F.relu``/``torch.relu``/``Tensor.relu_``, ``nn.ReLU6``/``F.relu6``/``F.hardtanh``
+with ``min_val=0``, ``nn.LeakyReLU``/``F.leaky_relu``, ``nn.SiLU``/``F.silu``,
+``nn.GELU``/``F.gelu``, ``nn.Hardswish``/``F.hardswish``), and runs it through an autograd
+Function whose forward is the activation and whose backward follows the rule. Rectifier-like
+activations without a rule (ELU, SELU, CELU, mish, softplus, PReLU, RReLU, hardtanh with a
+negative floor) raise a :class:`CapabilityError`, and so does a forward pass that met no rectifier
+(the result would be the plain gradient). Captum and pytorch-grad-cam patch ``nn.ReLU`` modules
+only, so they miss functional ReLUs and every other rectifier.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ReluRuleMode"]
+from polyviz.errors import CapabilityError
+from polyviz.rules.guided import backward as rule_backward
+
+__all__ = ["ReluRuleMode", "TorchGuidedOps"]
 
 
-def _rule_backward(rule: str, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The rule's backward through one ReLU; ``out`` is the ReLU's output (> 0 iff input > 0)."""
-    positive = grad.clamp(min=0)
-    if rule == "guided":
-        return positive * (out > 0).to(grad.dtype)
-    return positive
+class TorchGuidedOps:
+    """:class:`polyviz.rules.guided.GuidedOps` in torch."""
+
+    @staticmethod
+    def positive(t: torch.Tensor) -> torch.Tensor:
+        return (t > 0).to(t.dtype)
 
 
-def _relu_function(rule: str, inplace: bool) -> type[torch.autograd.Function]:
-    """An autograd Function: ReLU forward (in place, marking the input dirty, so that
-    ``x.relu_(); return x`` keeps working; or out of place) and the rule's backward."""
-
-    class RuleRelu(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-            if inplace:
-                ctx.mark_dirty(x)
-                out = x.clamp_(min=0)
-            else:
-                out = x.clamp(min=0)
-            ctx.save_for_backward(out)
-            return out
-
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-            (out,) = ctx.saved_tensors
-            return _rule_backward(rule, grad, out)
-
-    RuleRelu.__name__ = RuleRelu.__qualname__ = f"{rule.capitalize()}Relu{'Inplace' if inplace else ''}"
-    return RuleRelu
+OPS = TorchGuidedOps()
 
 
-#: rule -> (out-of-place Function, in-place Function)
-_FUNCTIONS = {rule: (_relu_function(rule, False), _relu_function(rule, True)) for rule in ("guided", "deconvnet")}
+def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    with torch.enable_grad():
+        zz = z.detach().requires_grad_()
+        (d,) = torch.autograd.grad(fn(zz), zz, torch.ones_like(zz))
+    return d
 
-#: Functions whose first argument is the ReLU input and that return a new tensor (unless
-#: ``F.relu(..., inplace=True)``).
-_OUT_OF_PLACE = (F.relu, torch.relu, torch.Tensor.relu)
-#: In-place ReLUs (``F.relu_`` is ``torch.relu_``).
-_IN_PLACE = (torch.relu_, torch.Tensor.relu_, F.relu_)
+
+class _Rectifier(torch.autograd.Function):
+    """``fn(z)`` forward (in place when asked, marking the input dirty so that ``x.relu_(); return
+    x`` keeps working); the rule's backward."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], rule: str,
+                inplace: bool) -> torch.Tensor:
+        ctx.fn, ctx.rule = fn, rule
+        with torch.no_grad():
+            out = fn(z)
+        ctx.z = z.detach().clone() if inplace else z.detach()
+        if inplace:
+            ctx.mark_dirty(z)
+            return z.copy_(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        z, fn = ctx.z, ctx.fn
+        return rule_backward(ctx.rule, OPS, g, z, lambda: _derivative(fn, z)), None, None, None
+
+
+def _bind(args: tuple, kwargs: dict, names: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    out = {name: default for name, default in names}
+    for (name, _), value in zip(names, args[1:]):
+        out[name] = value
+    out.update({k: v for k, v in kwargs.items() if k in out})
+    return out
+
+
+_INPLACE = (("inplace", False),)
+#: rectifier -> (out-of-place function, arguments after the input with defaults, always in place)
+_RECTIFIERS: dict[Any, tuple[Callable[..., torch.Tensor], tuple[tuple[str, Any], ...], bool]] = {
+    F.relu: (torch.relu, _INPLACE, False), torch.relu: (torch.relu, (), False),
+    torch.Tensor.relu: (torch.relu, (), False), torch.relu_: (torch.relu, (), True),
+    torch.Tensor.relu_: (torch.relu, (), True),
+    F.relu6: (F.relu6, _INPLACE, False),
+    F.hardtanh: (F.hardtanh, (("min_val", -1.0), ("max_val", 1.0), ("inplace", False)), False),
+    F.hardtanh_: (F.hardtanh, (("min_val", -1.0), ("max_val", 1.0)), True),
+    F.leaky_relu: (F.leaky_relu, (("negative_slope", 0.01), ("inplace", False)), False),
+    F.leaky_relu_: (F.leaky_relu, (("negative_slope", 0.01),), True),
+    F.silu: (F.silu, _INPLACE, False), F.gelu: (F.gelu, (("approximate", "none"),), False),
+    F.hardswish: (F.hardswish, _INPLACE, False),
+}
+_REFUSED = {
+    F.elu: "ELU", F.elu_: "ELU", F.selu: "SELU", torch.selu: "SELU", torch.selu_: "SELU", F.celu: "CELU",
+    F.mish: "mish", F.softplus: "softplus", F.prelu: "PReLU", torch.prelu: "PReLU", F.rrelu: "RReLU",
+}
+
+
+def _refuse(rule: str, what: str) -> CapabilityError:
+    name = "guided backprop" if rule == "guided" else "deconvnet"
+    return CapabilityError(
+        f"{name}: {what}; polyviz defines {name} for ReLU, ReLU6, LeakyReLU, SiLU, GELU and hardswish "
+        "(see polyviz.rules.guided) and will not return the plain gradient under another name"
+    )
 
 
 class ReluRuleMode(TorchFunctionMode):
-    """Routes every ReLU called while the mode is active through the rule's autograd Function."""
+    """Routes every rectifier called while the mode is active through the rule's autograd
+    Function; refuses rectifiers without a rule, and a forward pass with no rectifier."""
 
     def __init__(self, rule: str) -> None:
         super().__init__()
-        if rule not in _FUNCTIONS:
+        if rule not in ("guided", "deconvnet"):
             raise ValueError(f"rule: unknown ReLU rule {rule!r}")
         self.rule = rule
         self.count = 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        out_of_place, in_place = _FUNCTIONS[self.rule]
-        if func in _OUT_OF_PLACE and args and isinstance(args[0], torch.Tensor):
-            inplace = kwargs.get("inplace", args[1] if len(args) > 1 else False)
-            self.count += 1
-            if func is F.relu and inplace:
-                return in_place.apply(args[0])
-            return out_of_place.apply(args[0])
-        if func in _IN_PLACE and args and isinstance(args[0], torch.Tensor):
-            self.count += 1
-            return in_place.apply(args[0])
+        if args and isinstance(args[0], torch.Tensor):
+            try:
+                found, refused = _RECTIFIERS.get(func), _REFUSED.get(func)
+            except TypeError:  # an unhashable callable
+                found = refused = None
+            if refused is not None:
+                raise _refuse(self.rule, f"the model calls {refused}, a rectifier with no published rule")
+            if found is not None:
+                fn, names, inplace = found
+                params = _bind(args, kwargs, names)
+                inplace = inplace or bool(params.pop("inplace", False))
+                if fn is F.hardtanh and float(params["min_val"]) != 0.0:
+                    raise _refuse(self.rule, f"the model calls hardtanh with min_val={params['min_val']}, not a rectifier")
+                self.count += 1
+                return _Rectifier.apply(args[0], lambda z: fn(z, **params), self.rule, inplace)
         return func(*args, **kwargs)
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        out = super().__exit__(exc_type, exc, tb)
+        if exc_type is None and self.count == 0:
+            raise _refuse(self.rule, "the forward pass met no rectifier, so the result would be the plain gradient")
+        return out

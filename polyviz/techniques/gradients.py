@@ -140,21 +140,27 @@ def input_x_gradient(ctx: Context) -> Result:
 
 @method(
     "guided_backprop",
-    "Guided backpropagation (Springenberg et al. 2014, arXiv:1412.6806): every ReLU passes back only positive gradient at positive input",
+    "Guided backpropagation (Springenberg et al. 2014, arXiv:1412.6806): every rectifier (ReLU, ReLU6, LeakyReLU, SiLU, GELU, hardswish) passes back only positive gradient at positive input",
     kind="input", capabilities=_RULES, family="gradient",
 )
 def guided_backprop(ctx: Context) -> Result:
-    """Input gradient under ``Rule(relu="guided")`` (every ReLU, module or functional, is guided)."""
+    """Input gradient under ``Rule(relu="guided")``: every rectifier (ReLU, ReLU6, LeakyReLU, SiLU,
+    GELU, hardswish; module, functional or fused) passes back ``g * f'(z) * [g > 0] * [z > 0]``
+    (Springenberg et al., generalised beyond ReLU; definitions and sources in
+    :mod:`polyviz.rules.guided`). Other rectifiers, and networks with no rectifier (where this would
+    be saliency under another name), raise a :class:`~polyviz.errors.CapabilityError`."""
     return _gradient_result(ctx, GUIDED)
 
 
 @method(
     "deconvnet",
-    "Deconvnet (Zeiler & Fergus 2013, arXiv:1311.2901): every ReLU passes back only positive gradient, whatever its input",
+    "Deconvnet (Zeiler & Fergus 2013, arXiv:1311.2901): every rectifier (ReLU, ReLU6, LeakyReLU, SiLU, GELU, hardswish) passes back only positive gradient, whatever its input",
     kind="input", capabilities=_RULES, family="gradient",
 )
 def deconvnet(ctx: Context) -> Result:
-    """Input gradient under ``Rule(relu="deconvnet")`` (Captum's ``Deconvolution``)."""
+    """Input gradient under ``Rule(relu="deconvnet")``: every rectifier passes back ``g * [g > 0]``
+    whatever its input (Zeiler & Fergus; Captum's ``Deconvolution`` for ReLU); the same rectifiers
+    and refusals as :func:`guided_backprop` (:mod:`polyviz.rules.guided`)."""
     return _gradient_result(ctx, DECONVNET)
 
 
