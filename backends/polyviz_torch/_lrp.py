@@ -263,7 +263,7 @@ class _Call:
         source = self.produced.pop(id(inputs[0]), None)
         if source is not None and source[0] is inputs[0] and source[1] not in self.merged:
             self.merged[source[1]] = mod  # relevance passes through; the linear layer's rule sees BN folded in
-            return _Pass.apply(output, lambda t: t.clone())
+            return _Backward.apply(lambda r: (r,), output.detach(), inputs[0])
         scale, _ = _bn_affine(mod)
         s = torch.as_tensor(scale, dtype=output.dtype, device=output.device).reshape(1, -1, *([1] * (output.ndim - 2)))
         a, z = inputs[0].detach(), output.detach()
