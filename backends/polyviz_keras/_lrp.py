@@ -158,6 +158,10 @@ class _State:
     def __init__(self) -> None:
         self.produced: dict[int, tuple[tf.Tensor, _Part]] = {}
         self.merged: dict[int, tuple[tf.Tensor, tf.Tensor]] = {}  # id(part) -> (scale, shift)
+        self.gates: dict[int, tf.Tensor] = {}  # outputs of sigmoid / hard_sigmoid activations
+
+    def is_gate(self, t: tf.Tensor, other: tf.Tensor) -> bool:
+        return (id(t) in self.gates and self.gates[id(t)] is t) or _gate(other, t)
 
 
 def _state(run: Any) -> _State:
@@ -203,6 +207,15 @@ def _gate(big: tf.Tensor, gate: tf.Tensor) -> bool:
     return len(bs) == len(gs) and bs != gs and all(g in (1, b) for g, b in zip(gs[1:], bs[1:], strict=True))
 
 
+GATE_ACTIVATIONS = ("sigmoid", "hard_sigmoid")
+
+
+def _mark_gate(state: _State, act: str | None, out: tf.Tensor) -> tf.Tensor:
+    if act in GATE_ACTIVATIONS:
+        state.gates[id(out)] = out
+    return out
+
+
 def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: dict) -> tf.Tensor:
     """Call one (non-nested) layer so that its backward carries relevance."""
     from polyviz_keras._graph import activation_name, call_operation
@@ -225,7 +238,7 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
         if act in (None, "linear"):
             state.produced[id(z)] = (z, parts[-1][0])
             return z
-        return _pass(layer.activation, z)
+        return _mark_gate(state, act, _pass(layer.activation, z))
     if layer is run.softmax_layer and run.logits and isinstance(layer, L.Softmax | L.Activation):
         run.logits_tensor = args[0]
         return layer(*args, **kwargs)
@@ -254,8 +267,8 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
                                   *terms)
     if isinstance(layer, L.Multiply) and len(args[0]) == 2:
         x, y = args[0]
-        if _gate(x, y) or _gate(y, x):
-            big_first = _gate(x, y)
+        if state.is_gate(y, x) or state.is_gate(x, y):
+            big_first = state.is_gate(y, x)
             zero = tf.zeros_like(y if big_first else x)
             grads = (lambda r: (r, zero)) if big_first else (lambda r: (zero, r))
             return _with_backward(lambda p, q: p * q, grads, x, y)
@@ -264,7 +277,7 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
         z = layer(a)
         return _with_backward(lambda inp: layer(inp), lambda r: (rules.average_relevance(OPS, layer, a, r, z),), a)
     if isinstance(layer, ACTIVATIONS) and not layer.weights:
-        return _pass(lambda inp: layer(inp), args[0])
+        return _mark_gate(state, activation_name(layer), _pass(lambda inp: layer(inp), args[0]))
     if layer.weights and not isinstance(layer, L.InputLayer):
         raise CapabilityError(
             f"rule: layer {name!r} ({type(layer).__name__}) has weights but no LRP rule; polyviz's LRP covers "

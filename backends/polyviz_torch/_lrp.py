@@ -163,6 +163,8 @@ AVERAGE_POOLS = frozenset(_names("avg_pool1d", "avg_pool2d", "avg_pool3d", "adap
                                  "adaptive_avg_pool3d"))
 ADDS = frozenset((torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__))
 ADDS_INPLACE = frozenset((torch.Tensor.add_, torch.Tensor.__iadd__))
+#: Activations whose output, multiplied with an activation, is a gate (squeeze-excitation).
+GATES = frozenset(_names("sigmoid", "hardsigmoid") + _names("sigmoid", where=torch) + _names("sigmoid", where=torch.Tensor))
 MULS = frozenset((torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul_,
                   torch.Tensor.__imul__))
 
@@ -180,13 +182,24 @@ def _gate(big: torch.Tensor, gate: torch.Tensor) -> bool:
 
 
 class LRPMode(TorchFunctionMode):
-    """Classifies every tensor operation run while active (see the module docstring)."""
+    """Classifies every tensor operation run while active (see the module docstring). A product is
+    a gate when one factor is the output of a sigmoid or hardsigmoid, or broadcasts to the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: dict[int, torch.Tensor] = {}
+
+    def _is_gate(self, t: torch.Tensor, other: torch.Tensor) -> bool:
+        return (id(t) in self.gates and self.gates[id(t)] is t) or _gate(other, t)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         first = args[0] if args else None
         if func in ACTIVATIONS and isinstance(first, torch.Tensor):
-            return _Pass.apply(first, lambda t: func(t, *args[1:], **kwargs))
+            out = _Pass.apply(first, lambda t: func(t, *args[1:], **kwargs))
+            if func in GATES:
+                self.gates[id(out)] = out
+            return out
         if func in AVERAGE_POOLS and _activation(first):
             out = func(*args, **kwargs)
             pool = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
@@ -202,8 +215,8 @@ class LRPMode(TorchFunctionMode):
             return _Backward.apply(lambda r: tuple(rules.sum_relevance(OPS, terms, r, z)), z, first, args[1])
         if two and func in MULS:
             x, y = args
-            if _gate(x, y) or _gate(y, x):
-                big_first = _gate(x, y)
+            if self._is_gate(y, x) or self._is_gate(x, y):
+                big_first = self._is_gate(y, x)
                 out = func(*args)
                 zero = torch.zeros_like(y if big_first else x)
                 grads = (lambda r: (r, zero)) if big_first else (lambda r: (zero, r))
