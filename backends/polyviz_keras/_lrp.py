@@ -222,7 +222,7 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
 
     state = _state(run)
     rules_by_name: dict[str, LRPRule] = run.lrp
-    parts = _parts(layer, args[0].dtype) if args else None
+    parts = _parts(layer, args[0].dtype) if args and isinstance(layer, L.Layer) and hasattr(args[0], "dtype") else None
     if name in rules_by_name:
         if parts is None:
             raise CapabilityError(
@@ -259,14 +259,17 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
         mean, var = _value(layer.mean, a.dtype), _value(layer.variance, a.dtype)
         scale = 1.0 / tf.maximum(tf.sqrt(var), keras.backend.epsilon())
         return _affine(scale, -mean * scale, a)
-    if isinstance(layer, L.Add):
-        terms = list(args[0])
+    # a keras.ops node of a functional graph (``x + y``) on two tensors
+    raw = not isinstance(layer, L.Layer) and len(args) == 2 and all(isinstance(t, tf.Tensor) for t in args)
+    if isinstance(layer, L.Add) or (raw and type(layer).__name__ == "Add" and len(args) == 2):
+        terms = list(args) if raw else list(args[0])
         if len({tuple(t.shape.as_list()) for t in terms}) == 1:
             z = tf.add_n(terms)
             return _with_backward(lambda *inp: tf.add_n(list(inp)), lambda r: tuple(rules.sum_relevance(OPS, terms, r, z)),
                                   *terms)
-    if isinstance(layer, L.Multiply) and len(args[0]) == 2:
-        x, y = args[0]
+    if (isinstance(layer, L.Multiply) and len(args[0]) == 2) or (raw and type(layer).__name__ == "Multiply"
+                                                                 and len(args) == 2):
+        x, y = args if raw else args[0]
         if state.is_gate(y, x) or state.is_gate(x, y):
             big_first = state.is_gate(y, x)
             zero = tf.zeros_like(y if big_first else x)
@@ -278,7 +281,7 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
         return _with_backward(lambda inp: layer(inp), lambda r: (rules.average_relevance(OPS, layer, a, r, z),), a)
     if isinstance(layer, ACTIVATIONS) and not layer.weights:
         return _mark_gate(state, activation_name(layer), _pass(lambda inp: layer(inp), args[0]))
-    if layer.weights and not isinstance(layer, L.InputLayer):
+    if getattr(layer, "weights", None) and not isinstance(layer, L.InputLayer):
         raise CapabilityError(
             f"rule: layer {name!r} ({type(layer).__name__}) has weights but no LRP rule; polyviz's LRP covers "
             "convolutions, Dense and BatchNormalization (LayerNormalization, attention and layer scale, as in "
