@@ -214,3 +214,56 @@ def test_torch_and_keras_agree_on_a_residual_batchnorm_concat_net(rule):
     np.testing.assert_allclose(t.scores, k.scores, rtol=1e-4)
     err = np.linalg.norm(t.attribution - k.attribution) / np.linalg.norm(t.attribution)
     assert err <= 1e-4, f"{rule}: torch vs Keras relative error {err:.2e}"
+
+
+# ---- keras.applications: LRP-0 conservation with biases and BatchNorm shifts zeroed ---------------
+
+KERAS_ZOO = ["ResNet50", "ResNet50V2", "DenseNet121", "MobileNetV2", "MobileNetV3Small", "EfficientNetV2B0",
+             "InceptionV3", "Xception"]
+KERAS_FAST = ["ResNet50", "MobileNetV3Small", "EfficientNetV2B0", "Xception"]
+
+
+def _keras_conservation(arch, size):
+    """float64 model (keras floatx restored after), BatchNorm statistics from one random batch (so
+    no stabiliser absorbs relevance), then every bias and BatchNorm shift zeroed. EfficientNetB0 is
+    left out: its Normalization layer's mean is a graph constant, a shift that cannot be zeroed."""
+    keras = pytest.importorskip("keras")
+    floatx = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        keras.utils.set_random_seed(0)
+        kwargs = {"include_preprocessing": False} if arch in ("MobileNetV3Small", "EfficientNetV2B0") else {}
+        model = getattr(keras.applications, arch)(weights=None, input_shape=(size, size, 3), classes=10,
+                                                   classifier_activation=None, **kwargs)
+        bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        for layer in bns:
+            layer.momentum = 0.0
+        model(np.random.default_rng(5).random((4, size, size, 3)), training=True)
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                if layer.center:
+                    layer.beta.assign(np.zeros(layer.beta.shape))
+                layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
+            elif getattr(layer, "use_bias", False) and getattr(layer, "bias", None) is not None:
+                layer.bias.assign(np.zeros(layer.bias.shape))
+        x = np.random.default_rng(0).random((1, size, size, 3)).astype(np.float32)
+        # the weights themselves (state_fingerprint trips on raw-op nodes such as MobileNetV3's x + 3.0: issue 10)
+        before = [np.array(w) for w in model.get_weights()]
+        e = polyviz.explain(model, x, "lrp", target=1, progress=False, rule="zero")
+        after = model.get_weights()
+    finally:
+        keras.config.set_floatx(floatx)
+    assert np.isfinite(e.attribution).all() and e.attribution.shape == x.shape
+    np.testing.assert_allclose(e.attribution.sum(), e.scores[0], rtol=1e-3)
+    assert len(before) == len(after) and all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+@pytest.mark.parametrize("arch", KERAS_FAST)
+def test_keras_lrp0_conserves_the_score_without_shifts(arch):
+    _keras_conservation(arch, 75 if arch in ("InceptionV3", "Xception") else 32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", KERAS_ZOO)
+def test_keras_lrp0_conserves_the_score_without_shifts_at_224(arch):
+    _keras_conservation(arch, 299 if arch in ("InceptionV3", "Xception") else 224)

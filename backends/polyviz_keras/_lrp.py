@@ -160,8 +160,29 @@ class _State:
         self.merged: dict[int, tuple[tf.Tensor, tf.Tensor]] = {}  # id(part) -> (scale, shift)
         self.gates: dict[int, tf.Tensor] = {}  # outputs of sigmoid / hard_sigmoid activations
 
+        self.roots: dict[int, tuple[tf.Tensor, tf.Tensor]] = {}  # element-wise result -> (it, its source)
+
+        self.squeezed: dict[int, tf.Tensor] = {}  # computed from a global average pool (an SE branch)
+
+    def squeeze(self, out: tf.Tensor, source: tf.Tensor | None = None) -> tf.Tensor:
+        """Mark ``out`` as computed from a global pool (``source`` None) or from a marked ``source``."""
+        if source is None or self.squeezed.get(id(source)) is source:
+            self.squeezed[id(out)] = out
+        return out
+
+    def derive(self, out: tf.Tensor, source: tf.Tensor) -> tf.Tensor:
+        """``out`` is an element-wise, parameter-free function of ``source``."""
+        known = self.roots.get(id(source))
+        self.roots[id(out)] = (out, known[1] if known is not None and known[0] is source else source)
+        return self.squeeze(out, source)
+
     def is_gate(self, t: tf.Tensor, other: tf.Tensor) -> bool:
-        return (id(t) in self.gates and self.gates[id(t)] is t) or _gate(other, t)
+        """``t`` gates ``other``: a sigmoid output, a broadcast factor, or an element-wise function of
+        ``other`` itself (``x * hard_sigmoid(x)``: Keras' hard_swish)."""
+        root = self.roots.get(id(t))
+        squeezed = self.squeezed.get(id(t)) is t and self.squeezed.get(id(other)) is not other
+        return (squeezed or (id(t) in self.gates and self.gates[id(t)] is t) or _gate(other, t)
+                or (root is not None and root[0] is t and root[1] is other))
 
 
 def _state(run: Any) -> _State:
@@ -230,7 +251,7 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
                 f"{type(layer).__name__}")
         z = args[0]
         for part, w, b in parts:
-            z = _linear_part(state, part, rules_by_name[name], w, b, z)
+            z = state.squeeze(_linear_part(state, part, rules_by_name[name], w, b, z), args[0])
         act = activation_name(layer)
         if layer is run.softmax_layer and run.logits:
             run.logits_tensor = z
@@ -238,7 +259,7 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
         if act in (None, "linear"):
             state.produced[id(z)] = (z, parts[-1][0])
             return z
-        return _mark_gate(state, act, _pass(layer.activation, z))
+        return state.squeeze(_mark_gate(state, act, _pass(layer.activation, z)), z)
     if layer is run.softmax_layer and run.logits and isinstance(layer, L.Softmax | L.Activation):
         run.logits_tensor = args[0]
         return layer(*args, **kwargs)
@@ -278,16 +299,24 @@ def call_with_relevance(layer: Any, name: str, run: Any, args: tuple, kwargs: di
     if isinstance(layer, AVERAGE_POOLS):
         a = args[0]
         z = layer(a)
-        return _with_backward(lambda inp: layer(inp), lambda r: (rules.average_relevance(OPS, layer, a, r, z),), a)
+        out = _with_backward(lambda inp: layer(inp), lambda r: (rules.average_relevance(OPS, layer, a, r, z),), a)
+        return state.squeeze(out) if "Global" in type(layer).__name__ else out
     if isinstance(layer, ACTIVATIONS) and not layer.weights:
-        return _mark_gate(state, activation_name(layer), _pass(lambda inp: layer(inp), args[0]))
+        out = _mark_gate(state, activation_name(layer), _pass(lambda inp: layer(inp), args[0]))
+        return state.derive(out, args[0])
     if getattr(layer, "weights", None) and not isinstance(layer, L.InputLayer):
         raise CapabilityError(
             f"rule: layer {name!r} ({type(layer).__name__}) has weights but no LRP rule; polyviz's LRP covers "
             "convolutions, Dense and BatchNormalization (LayerNormalization, attention and layer scale, as in "
             "ConvNeXt and transformers, would need AttnLRP's rules, which polyviz does not implement)"
         )
-    return call_operation(layer, args, kwargs)
+    out = call_operation(layer, args, kwargs)
+    tensors = [t for t in args if isinstance(t, tf.Tensor)]
+    if not isinstance(layer, L.Layer) and len(tensors) == 1:  # a keras.ops node with scalars (x + 3.0)
+        state.derive(out, tensors[0])
+    elif isinstance(layer, L.Reshape | L.Flatten | L.Dropout) and tensors:
+        state.squeeze(out, tensors[0])
+    return out
 
 
 def make_lrp_gradient(model: Any, key: Hashable, x_shape: tuple, data: dict[str, np.ndarray], objective_key: Hashable,
