@@ -238,7 +238,7 @@ _OBJECTIVE_TYPES = (ClassScore, OutputWeighting, ChannelMean, Neuron, LayerNorm,
 
 
 #: LRP rule names (Montavon et al. 2019, "Layer-wise relevance propagation: an overview").
-LRP_RULES = ("zero", "epsilon", "gamma", "alpha_beta", "zbox")
+LRP_RULES = ("zero", "epsilon", "gamma", "alpha_beta", "zbox", "flat")
 
 
 def _finite(name: str, value: Any) -> float:
@@ -279,7 +279,9 @@ class LRPRule:
     * ``alpha_beta``: alpha times LRP-0 on the positive contributions (a w)^+ minus beta times LRP-0
       on the negative ones (a w)^-; biases are split the same way (alpha - beta = 1);
     * ``zbox`` (z^B, for the first layer, inputs bounded by ``low`` <= a <= ``high``):
-      R_j = sum_k (a_j w_jk - l_j w_jk^+ - h_j w_jk^-) R_k / z^B_k.
+      R_j = sum_k (a_j w_jk - l_j w_jk^+ - h_j w_jk^-) R_k / z^B_k;
+    * ``flat`` (Lapuschkin et al. 2019): R_j = sum_k R_k / sum_j' 1, uniform over each output's
+      receptive field (inputs and weights replaced by ones, no bias).
 
     Every stabiliser of a denominator is ``z + epsilon * sign(z)``; ``epsilon`` defaults to 1e-6
     for every rule (zennit's default), a pure stabiliser except for the ``epsilon`` rule, where the

@@ -37,6 +37,7 @@ from polyviz.protocol import (
     LayerDistance,
     LayerNorm,
     LowResMasks,
+    LRPRule,
     NativeCallable,
     Neuron,
     OutputWeighting,
@@ -45,7 +46,7 @@ from polyviz.protocol import (
 )
 from polyviz.reference import ReferenceNetwork
 
-__all__ = ["Conformance", "CHECKS", "run_conformance", "tiny_spec", "assert_close", "deeplift_oracle"]
+__all__ = ["Conformance", "CHECKS", "run_conformance", "tiny_spec", "assert_close", "deeplift_oracle", "lrp_oracle"]
 
 RTOL = 1e-4
 
@@ -514,6 +515,82 @@ CHECKS: list[Callable[[Conformance], None]] = [
     check_bad_inputs,
     check_safety_when_objective_raises,
 ]
+
+
+class _Pool:
+    """A reference pooling layer as :class:`~polyviz.rules.ops.NumpyOps` wants it (its transpose)."""
+
+    def __init__(self, reference: ReferenceNetwork, kind: str, cfg: dict) -> None:
+        self.reference, self.kind, self.cfg = reference, kind, cfg
+
+    def transpose(self, seed: np.ndarray, a: np.ndarray) -> np.ndarray:
+        if self.kind == "global_avgpool":
+            return np.broadcast_to(seed[:, None, None, :] / (a.shape[1] * a.shape[2]), a.shape).copy()
+        return self.reference._avgpool_back(seed, a, self.cfg)
+
+
+def lrp_oracle(reference: ReferenceNetwork, x: np.ndarray, seed: np.ndarray, rules: dict[str, LRPRule]) -> np.ndarray:
+    """Relevance at the input of a reference network (float64 numpy), with ``rules`` per spec layer
+    name and ``seed`` the relevance at the output: the shared rules of :mod:`polyviz.rules.lrp` over
+    :class:`~polyviz.rules.ops.NumpyOps`, ReLUs passing relevance through, max pools routing it to
+    the maximum."""
+    from polyviz.rules import lrp as lrp_rules
+    from polyviz.rules.ops import NumpyLinear, NumpyOps
+
+    ops = NumpyOps()
+    trace = reference.forward(x)
+    r = np.asarray(seed, np.float64)
+    for idx in range(len(reference.spec.layers) - 1, -1, -1):
+        layer = reference.spec.layers[idx]
+        cfg, a = layer.config, trace.inputs[idx]
+        if layer.kind in ("conv2d", "dense"):
+            op = NumpyLinear(layer.kind, tuple(cfg.get("strides", (1, 1))), cfg.get("padding", "valid"))
+            w = reference.weights[layer.name]
+            r = lrp_rules.linear_relevance(ops, op, rules[layer.name], w["kernel"], w.get("bias"), a, r,
+                                           trace.pre_activations[idx])
+        elif layer.kind == "maxpool2d":
+            r = reference._maxpool_back(r, a, cfg)
+        elif layer.kind in ("avgpool2d", "global_avgpool"):
+            r = lrp_rules.average_relevance(ops, _Pool(reference, layer.kind, cfg), a, r, trace.outputs[idx])
+        elif layer.kind == "flatten":
+            r = r.reshape(a.shape)
+        elif layer.kind not in ("relu", "dropout"):
+            raise InputError(f"the LRP oracle has no rule for a {layer.kind!r} layer")
+    return r
+
+
+#: Rule assignments the LRP check runs: (first layer, other convs, dense layers).
+LRP_CASES = (
+    (LRPRule("zero"), LRPRule("zero"), LRPRule("zero")),
+    (LRPRule("zbox", low=-1.0, high=1.0), LRPRule("epsilon", epsilon=0.25), LRPRule("epsilon", epsilon=0.25)),
+    (LRPRule("flat"), LRPRule("gamma", gamma=0.25), LRPRule("epsilon", epsilon=1e-6)),
+    (LRPRule("flat"), LRPRule("alpha_beta", alpha=1.0, beta=0.0), LRPRule("epsilon", epsilon=1e-6)),
+    (LRPRule("alpha_beta", alpha=2.0, beta=1.0), LRPRule("alpha_beta", alpha=2.0, beta=1.0), LRPRule("zero")),
+)
+
+
+def check_lrp(c: Conformance) -> None:
+    """LRP (every rule: zero, epsilon, gamma, alpha-beta, z^B, flat) equals the numpy oracle
+    :func:`lrp_oracle`, seeded with the target's one-hot; the model is unchanged."""
+    from polyviz.techniques.lrp import weighted_layers
+
+    if not c.has(Capability.LRP):
+        return
+    before = c.fingerprint()
+    weighted = [layer for layer in c.spec.layers if layer.kind in ("conv2d", "dense")]
+    for first, conv, dense in LRP_CASES:
+        chosen = {layer.name: (first if i == 0 else conv if layer.kind == "conv2d" else dense)
+                  for i, layer in enumerate(weighted)}
+        names = [name for name, _ in weighted_layers(c.backend)]  # the backend's names, in order
+        rule = Rule(lrp=tuple(zip(names, chosen.values(), strict=True)))
+        values, relevance = c.backend.input_gradient(c.x, ClassScore(c.targets.tolist()), rule)
+        expected = lrp_oracle(c.reference, c.x, c.one_hot(c.targets), chosen)
+        assert_close(values, c.reference.output(c.x)[np.arange(3), c.targets], "LRP values")
+        assert_close(relevance, expected, f"LRP relevance ({first.name}, {conv.name}, {dense.name})")
+    _unchanged(c, before, "LRP")
+
+
+CHECKS.append(check_lrp)
 
 
 def run_conformance(backend_cls: type[Backend], seed: int = 0) -> None:

@@ -17,7 +17,7 @@ from backends import (
     seeded_vgg16,
     torchvision_vgg16,
 )
-from polyviz.errors import CapabilityError, InputError
+from polyviz.errors import InputError
 from polyviz.models.spec import LayerSpec, NetworkSpec, random_weights
 from polyviz.protocol import LRPRule
 from polyviz.registry import backend_class
@@ -327,32 +327,61 @@ def test_bad_options_are_named(backend):
         LRPRule("alpha_beta", alpha=2.0, beta=0.0)
 
 
-def test_a_batchnorm_layer_without_a_rule_is_refused():
+def test_a_batchnorm_after_a_conv_is_merged_and_the_model_kept():
+    """A BatchNorm right after a conv is folded into it (virtually): the relevance equals that of
+    the same network with the BatchNorm folded by hand (closed form), and the model is unchanged."""
     import torch
 
+    torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
                                 torch.nn.Flatten(), torch.nn.Linear(4 * 10 * 10, 3)).eval()
+    bn = model[1]
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.2, 0.2)
+        bn.running_var.uniform_(0.5, 1.5)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        folded = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                     torch.nn.Linear(4 * 10 * 10, 3)).eval()
+        folded[0].weight.copy_(model[0].weight * scale.reshape(-1, 1, 1, 1))
+        folded[0].bias.copy_((model[0].bias - bn.running_mean) * scale + bn.bias)
+        folded[3].load_state_dict(model[4].state_dict())
     cls = backend_class("torch")
     before = cls.state_fingerprint(model)
-    with pytest.raises(CapabilityError, match="BatchNorm2d"):
-        polyviz.explain(model, images(1), "lrp", target=0, layout="NHWC", progress=False)
-    after = cls.state_fingerprint(model)  # hooks registered before the refusal are gone again
+    x = images(2)
+    e = polyviz.explain(model, x, "lrp", target=[0, 2], layout="NHWC", progress=False, rule="epsilon")
+    expected = polyviz.explain(folded, x, "lrp", target=[0, 2], layout="NHWC", progress=False, rule="epsilon")
+    assert rel(e.attribution, expected.attribution) <= 1e-5
+    after = cls.state_fingerprint(model)
     assert before.keys() == after.keys()
     for key in before:
         np.testing.assert_array_equal(np.asarray(before[key]), np.asarray(after[key]), err_msg=key)
 
 
-def test_keras_batchnorm_without_a_rule_is_refused_and_the_model_kept():
+def test_keras_batchnorm_after_a_conv_is_merged_and_the_model_kept():
     pytest.importorskip("tensorflow")
     import keras
 
     inp = keras.Input((12, 12, 3))
-    h = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, activation="relu")(inp))
-    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, name="conv")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(keras.layers.ReLU()(h))))
+    rng = np.random.default_rng(0)
+    gamma, beta, mean, var = rng.random(4) + 0.5, rng.normal(0, 0.1, 4), rng.normal(0, 0.1, 4), rng.random(4) + 0.5
+    model.get_layer("bn").set_weights([gamma, beta, mean, var])
+    kernel, bias = model.get_layer("conv").get_weights()
+    scale = gamma / np.sqrt(var + model.get_layer("bn").epsilon)
+    inp2 = keras.Input((12, 12, 3))
+    h2 = keras.layers.Conv2D(4, 3, name="conv")(inp2)
+    folded = keras.Model(inp2, keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(keras.layers.ReLU()(h2))))
+    folded.get_layer("conv").set_weights([kernel * scale, (bias - mean) * scale + beta])
+    folded.get_layer("fc").set_weights(model.get_layer("fc").get_weights())
     cls = backend_class("keras")
     before = cls.state_fingerprint(model)
-    with pytest.raises(CapabilityError, match="BatchNormalization"):
-        polyviz.explain(model, images(1), "lrp", target=0, progress=False)
+    x = images(2)
+    e = polyviz.explain(model, x, "lrp", target=[0, 2], progress=False, rule="epsilon")
+    expected = polyviz.explain(folded, x, "lrp", target=[0, 2], progress=False, rule="epsilon")
+    assert rel(e.attribution, expected.attribution) <= 1e-5
     after = cls.state_fingerprint(model)
     assert before.keys() == after.keys()
     for key in before:

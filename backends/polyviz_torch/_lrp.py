@@ -1,23 +1,23 @@
-"""Layer-wise relevance propagation in torch, as backward rules given as data (never editing the model).
+"""Layer-wise relevance propagation in torch: classify each call, hang the shared rule on it.
 
-For one backend call, forward hooks on the model's modules route each layer's output through an
-autograd Function whose backward turns the relevance arriving at the output into the relevance at
-the input (the hooks are removed in :func:`polyviz_torch._impl.guarded`'s ``finally``):
+The rule maths lives once in :mod:`polyviz.rules.lrp`; this module supplies its tensor table
+(:class:`TorchOps`) and, for one backend call, routes each operation's backward through it:
 
-* weighted layers (``Conv2d``, ``Linear``) by their :class:`polyviz.protocol.LRPRule` (zero,
-  epsilon, gamma, alpha-beta, z^B), computed from modified copies of the weights
-  (the module's own affine map with those weights, bypassing hooks; the parameters themselves are never touched);
-* average pools (``AvgPool2d``, ``AdaptiveAvgPool2d``): LRP-0 with a 1e-6 stabiliser (zennit's
-  ``Norm``);
-* ReLUs (modules and functional, through a ``TorchFunctionMode``) and other element-wise
-  activations pass relevance through unchanged (zennit's ``Pass``);
-* max pooling, dropout, flatten and reshapes are differentiated as usual (relevance goes to the
-  maximum, or moves along).
+* forward hooks on ``Conv1d/2d/3d`` and ``Linear`` modules (their :class:`~polyviz.protocol.LRPRule`)
+  and on BatchNorm modules; the hooks are removed in :func:`polyviz_torch._impl.guarded`'s
+  ``finally``. A BatchNorm whose input is the output of a hooked linear layer is merged into it
+  (zennit's ``SequentialMergeBatchNorm``, decided by data flow, not module order), on numpy copies
+  of the parameters; any other BatchNorm is a diagonal affine layer (LRP-epsilon, 1e-6).
+* a ``TorchFunctionMode`` (:class:`LRPMode`) sees every tensor operation, modules and functional
+  code alike: element-wise activations (ReLU, ReLU6, SiLU, GELU, hardswish, sigmoid, ...) pass
+  relevance through; average pools (module or functional) use LRP-0; the addition of two
+  same-shape activations (a residual add, ``+``, ``+=``, ``torch.add``) splits relevance in
+  proportion to each term; the product of an activation with a broadcast gate (squeeze-excitation)
+  gives all relevance to the activation. Max pooling, concatenation, flatten and reshapes are
+  differentiated as usual.
 
-The formulas follow Montavon et al. 2019 ("Layer-wise relevance propagation: an overview") in the
-generalised forms of zennit (Anders et al. 2021), whose rules they reproduce to float round-off:
-gamma and alpha-beta treat positive and negative inputs and outputs separately, and every
-denominator is stabilised as ``z + eps * sign(z)`` with sign(0) = +1.
+Layers with parameters and no rule (LayerNorm, GroupNorm, attention, layer scale: ConvNeXt and
+transformers) are refused with a :class:`CapabilityError`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,227 +33,292 @@ from torch.overrides import TorchFunctionMode
 
 from polyviz.errors import CapabilityError
 from polyviz.protocol import LRPRule
+from polyviz.rules import lrp as rules
 from polyviz_torch._threads import add_hook
 
-__all__ = ["install_lrp", "PassReluMode", "relevance"]
+__all__ = ["install_lrp", "LRPMode", "PassReluMode", "relevance", "TorchOps"]
 
 WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-AVERAGE_POOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
-#: Element-wise activation modules that pass relevance through (ReLU is handled by PassReluMode).
-PASS_THROUGH = (nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.ReLU6, nn.Hardtanh)
-# Every other parameter-free module (max pooling, dropout, flatten, reshapes) is differentiated as
-# usual, which is what LRP does there; ReLUs are handled by PassReluMode.
-STABILISER = 1e-6
-
-
-def stabilize(z: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """``z + epsilon * sign(z)`` with sign(0) = +1."""
-    return z + epsilon * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Parameter-free modules that need nothing from LRP (their ops are classified by LRPMode).
+_CONV_INPUT_GRAD = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
+                    nn.Conv3d: torch.nn.grad.conv3d_input}
 
 
 def _call(module: nn.Module, a: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The module's affine map with the given weight and bias (None: none), bypassing its hooks
-    (ours among them)."""
+    """The module's affine map with the given weight and bias, bypassing its hooks (ours among them)."""
     if isinstance(module, nn.Linear):
         return F.linear(a, weight, bias)
     return module._conv_forward(a, weight, bias)
 
 
-_CONV_INPUT_GRAD = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.grad.conv2d_input,
-                    nn.Conv3d: torch.nn.grad.conv3d_input}
+class TorchOps:
+    """:class:`polyviz.rules.ops.LRPOps` for torch tensors (channels on axis 1)."""
 
+    def pos(self, t: torch.Tensor) -> torch.Tensor:
+        return t.clamp(min=0)
 
-def _transpose(module: nn.Module, weight: torch.Tensor, seed: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """W^T seed: the gradient of the layer's (bias-free, linear) map for the output gradient
-    ``seed``, shaped like the layer's input ``like``. A transposed convolution, no forward pass;
-    autograd through the map where the padding is not plain zeros."""
-    if isinstance(module, nn.Linear):
-        return seed @ weight
-    grad_input = _CONV_INPUT_GRAD.get(type(module))
-    if grad_input is not None and module.padding_mode == "zeros" and not isinstance(module.padding, str):
-        return grad_input(like.shape, weight, seed, module.stride, module.padding, module.dilation, module.groups)
-    a = torch.zeros_like(like).requires_grad_()
-    (grad,) = torch.autograd.grad(_call(module, a, weight, None), a, seed)
-    return grad
+    def neg(self, t: torch.Tensor) -> torch.Tensor:
+        return t.clamp(max=0)
 
+    def sign0(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
 
-def _outputs(module: nn.Module, terms: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [_call(module, a, w, b) for a, w, b in terms]
+    def gt0(self, t: torch.Tensor) -> torch.Tensor:
+        return (t > 0).to(t.dtype)
 
+    def lt0(self, t: torch.Tensor) -> torch.Tensor:
+        return (t < 0).to(t.dtype)
 
-def _expand(value: float | tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
-    """A scalar or one value per channel (axis 1, NCHW) broadcast to ``like``."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    if t.ndim == 1:
-        t = t.reshape(1, -1, *([1] * (like.ndim - 2)))
-    return t.expand_as(like)
+    def ones_like(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.ones_like(t)
 
+    def per_channel(self, value: float | tuple[float, ...], like: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        if t.ndim == 1:
+            t = t.reshape(1, -1, *([1] * (like.ndim - 2)))
+        return t.expand_as(like)
 
-def relevance_rule(module: nn.Module, rule: LRPRule) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``fn(a, R_out, z) -> R_in`` for a weighted module under ``rule`` (``z`` its output)."""
-    w = module.weight.detach()
-    b = module.bias.detach() if module.bias is not None else None
-    eps = rule.epsilon
+    def linear(self, op: nn.Module, a: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        with torch.no_grad():
+            return _call(op, a, w, b)
 
-    def pos(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.clamp(min=0)
+    def linear_t(self, op: nn.Module, a: torch.Tensor, w: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+        """A matrix product or a transposed convolution (no forward pass); autograd through the map
+        where the padding is not plain zeros."""
+        if isinstance(op, nn.Linear):
+            return seed @ w
+        grad_input = _CONV_INPUT_GRAD.get(type(op))
+        if grad_input is not None and op.padding_mode == "zeros" and not isinstance(op.padding, str):
+            return grad_input(a.shape, w, seed, op.stride, op.padding, op.dilation, op.groups)
+        return self.vjp(lambda t: _call(op, t, w, None), torch.zeros_like(a), seed)
 
-    def neg(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.clamp(max=0)
-
-    def fn(a: torch.Tensor, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """R_in from the input ``a``, the relevance ``r`` at the output and the output ``z``."""
-
-        def t(weight: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-            return _transpose(module, weight, seed, a)
-
-        if rule.name in ("zero", "epsilon"):
-            return a * t(w, r / stabilize(z, eps))
-        if rule.name == "zbox":
-            low, high = _expand(rule.low, a), _expand(rule.high, a)
-            wp, wn = w.clamp(min=0), w.clamp(max=0)
-            zl, zh = _outputs(module, [(low, wp, pos(b)), (high, wn, neg(b))])
-            s = r / stabilize(z - zl - zh, eps)
-            return a * t(w, s) - low * t(wp, s) - high * t(wn, s)
-        ap, an = a.clamp(min=0), a.clamp(max=0)
-        if rule.name == "gamma":
-            g = rule.gamma
-            wp, wn = w + g * w.clamp(min=0), w + g * w.clamp(max=0)
-            bp = None if b is None else b + g * b.clamp(min=0)
-            bn = None if b is None else b + g * b.clamp(max=0)
-            o0, o1, o2, o3 = _outputs(module, [(ap, wp, bp), (an, wn, None), (ap, wn, bn), (an, wp, None)])
-            s_pos = (z > 0).to(r.dtype) * r / stabilize(o0 + o1, eps)
-            s_neg = (z < 0).to(r.dtype) * r / stabilize(o2 + o3, eps)
-            return ap * (t(wp, s_pos) + t(wn, s_neg)) + an * (t(wn, s_pos) + t(wp, s_neg))
-        # alpha_beta
-        wp, wn = w.clamp(min=0), w.clamp(max=0)
-        o0, o1 = _outputs(module, [(ap, wp, pos(b)), (an, wn, None)])
-        s_pos = r / stabilize(o0 + o1, eps)
-        positive = ap * t(wp, s_pos) + an * t(wn, s_pos)
-        if rule.beta == 0:
-            return rule.alpha * positive
-        o2, o3 = _outputs(module, [(ap, wn, neg(b)), (an, wp, None)])
-        s_neg = r / stabilize(o2 + o3, eps)
-        return rule.alpha * positive - rule.beta * (ap * t(wn, s_neg) + an * t(wp, s_neg))
-
-    return fn
-
-
-def average_rule(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """LRP-0 (stabiliser 1e-6) through an average pool."""
-
-    def fn(a: torch.Tensor, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        a = a.detach().requires_grad_()
-        pooled = module.forward(a)  # not module(a): that would run our hook again
-        (g,) = torch.autograd.grad(pooled, a, r / stabilize(z, STABILISER))
-        return a.detach() * g
-
-    return fn
-
-
-class _Relevance(torch.autograd.Function):
-    """Forward: the layer's (detached) output. Backward: ``fn(input, relevance at the output)``."""
-
-    @staticmethod
-    def forward(ctx: Any, inp: torch.Tensor, out: torch.Tensor, fn: Callable[..., torch.Tensor]) -> torch.Tensor:
-        ctx.fn = fn
-        ctx.save_for_backward(inp, out)
-        return out.clone()
-
-    @staticmethod
-    def backward(ctx: Any, relevance: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        inp, out = ctx.saved_tensors
+    def vjp(self, fn: Callable[[torch.Tensor], torch.Tensor], a: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            return ctx.fn(inp.detach(), relevance, out), None, None
+            a = a.detach().requires_grad_()
+            (grad,) = torch.autograd.grad(fn(a), a, seed)
+        return grad
 
 
-class _PassThrough(torch.autograd.Function):
-    """Forward: the activation's output. Backward: the relevance, unchanged, to the input."""
+OPS = TorchOps()
+
+
+class _Backward(torch.autograd.Function):
+    """Forward: ``out`` (computed elsewhere). Backward: ``fn(relevance)`` -> one relevance per input."""
 
     @staticmethod
-    def forward(ctx: Any, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, fn: Callable[..., tuple], out: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        ctx.fn = fn
         return out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, relevance: torch.Tensor) -> tuple:
+        with torch.no_grad():
+            return (None, None, *ctx.fn(relevance))
+
+
+class _Pass(torch.autograd.Function):
+    """An element-wise activation (in place or not) whose backward passes relevance through."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        out = fn(x)
+        if out is x:
+            ctx.mark_dirty(x)
+        return out
 
     @staticmethod
     def backward(ctx: Any, relevance: torch.Tensor) -> tuple[torch.Tensor, None]:
         return relevance, None
 
 
-class _PassRelu(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
+class _SumInplace(torch.autograd.Function):
+    """``x += y`` on two activations, relevance split in proportion (rules.sum_relevance)."""
 
     @staticmethod
-    def backward(ctx: Any, relevance: torch.Tensor) -> torch.Tensor:
-        return relevance
-
-
-class _PassReluInplace(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ctx.terms = (x.detach().clone(), y.detach())
+        x.add_(y)
         ctx.mark_dirty(x)
-        return x.clamp_(min=0)
+        ctx.z = x.detach().clone()
+        return x
 
     @staticmethod
-    def backward(ctx: Any, relevance: torch.Tensor) -> torch.Tensor:
-        return relevance
+    def backward(ctx: Any, relevance: torch.Tensor) -> tuple:
+        return tuple(rules.sum_relevance(OPS, list(ctx.terms), relevance, ctx.z))
 
 
-class PassReluMode(TorchFunctionMode):
-    """Every ReLU run while active (module or functional, in place or not) passes relevance through."""
+def _names(*names: str, where: Any = F) -> tuple:
+    return tuple(getattr(where, n) for n in names if hasattr(where, n))
+
+
+#: Element-wise activations: relevance passes through (zennit's ``Pass``).
+ACTIVATIONS = frozenset(
+    _names("relu", "relu_", "relu6", "hardtanh", "hardtanh_", "silu", "gelu", "hardswish", "hardsigmoid", "mish",
+           "elu", "elu_", "selu", "celu", "leaky_relu", "leaky_relu_", "softplus", "sigmoid", "tanh", "logsigmoid")
+    + _names("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "selu", "celu", where=torch)
+    + _names("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", where=torch.Tensor)
+)
+AVERAGE_POOLS = frozenset(_names("avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+                                 "adaptive_avg_pool3d"))
+ADDS = frozenset((torch.add, torch.Tensor.add, torch.Tensor.__add__, torch.Tensor.__radd__))
+ADDS_INPLACE = frozenset((torch.Tensor.add_, torch.Tensor.__iadd__))
+#: Activations whose output, multiplied with an activation, is a gate (squeeze-excitation).
+GATES = frozenset(_names("sigmoid", "hardsigmoid") + _names("sigmoid", where=torch) + _names("sigmoid", where=torch.Tensor))
+MULS = frozenset((torch.mul, torch.Tensor.mul, torch.Tensor.__mul__, torch.Tensor.__rmul__, torch.Tensor.mul_,
+                  torch.Tensor.__imul__))
+
+
+def _activation(t: Any) -> bool:
+    """A tensor that carries relevance: it depends on the input, and is not a parameter."""
+    return isinstance(t, torch.Tensor) and t.requires_grad and not isinstance(t, nn.Parameter) and t.is_floating_point()
+
+
+def _gate(big: torch.Tensor, gate: torch.Tensor) -> bool:
+    """``gate`` broadcasts to ``big`` with a smaller shape (a squeeze-excitation scale)."""
+    if gate.ndim != big.ndim or gate.shape == big.shape:
+        return False
+    return all(g in (1, b) for g, b in zip(gate.shape, big.shape, strict=True))
+
+
+class LRPMode(TorchFunctionMode):
+    """Classifies every tensor operation run while active (see the module docstring). A product is
+    a gate when one factor is the output of a sigmoid or hardsigmoid, or broadcasts to the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: dict[int, torch.Tensor] = {}
+
+    def _is_gate(self, t: torch.Tensor, other: torch.Tensor) -> bool:
+        return (id(t) in self.gates and self.gates[id(t)] is t) or _gate(other, t)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in (F.relu, torch.relu, torch.Tensor.relu) and args and isinstance(args[0], torch.Tensor):
-            inplace = kwargs.get("inplace", args[1] if len(args) > 1 else False)
-            return (_PassReluInplace if (func is F.relu and inplace) else _PassRelu).apply(args[0])
-        if func in (torch.relu_, torch.Tensor.relu_, F.relu_) and args and isinstance(args[0], torch.Tensor):
-            return _PassReluInplace.apply(args[0])
+        first = args[0] if args else None
+        if func in ACTIVATIONS and isinstance(first, torch.Tensor):
+            out = _Pass.apply(first, lambda t: func(t, *args[1:], **kwargs))
+            if func in GATES:
+                self.gates[id(out)] = out
+            return out
+        if func in AVERAGE_POOLS and _activation(first):
+            out = func(*args, **kwargs)
+            pool = lambda t: func(t, *args[1:], **kwargs)  # noqa: E731
+            a = first.detach()
+            return _Backward.apply(lambda r: (rules.average_relevance(OPS, pool, a, r, out.detach()),), out.detach(), first)
+        two = len(args) == 2 and not kwargs and _activation(first) and _activation(args[1])
+        if two and first.shape == args[1].shape and (func in ADDS or func in ADDS_INPLACE):
+            if func in ADDS_INPLACE:
+                return _SumInplace.apply(first, args[1])
+            out = func(*args)
+            terms = [first.detach(), args[1].detach()]
+            z = out.detach()
+            return _Backward.apply(lambda r: tuple(rules.sum_relevance(OPS, terms, r, z)), z, first, args[1])
+        if two and func in MULS:
+            x, y = args
+            if self._is_gate(y, x) or self._is_gate(x, y):
+                big_first = self._is_gate(y, x)
+                out = func(*args)
+                zero = torch.zeros_like(y if big_first else x)
+                grads = (lambda r: (r, zero)) if big_first else (lambda r: (zero, r))
+                if out is x:  # x *= gate: the result must stay x's storage; relevance as computed
+                    return out
+                return _Backward.apply(grads, out.detach(), x, y)
         return func(*args, **kwargs)
+
+
+#: Kept for callers of the former name: the mode now classifies more than ReLUs.
+PassReluMode = LRPMode
+
+
+class _Call:
+    """One LRP call's state: which linear module each BatchNorm merges into, and the folded weights."""
+
+    def __init__(self, rules_by_name: dict[str, LRPRule]) -> None:
+        self.rules = rules_by_name
+        self.produced: dict[int, tuple[torch.Tensor, nn.Module]] = {}
+        self.merged: dict[nn.Module, nn.Module] = {}
+        self.folded: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def params(self, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+        """(weight, bias, merged) of a linear module, BatchNorm folded in when one follows it."""
+        w = module.weight.detach()
+        b = module.bias.detach() if module.bias is not None else None
+        bn = self.merged.get(module)
+        if bn is None:
+            return w, b, False
+        if module not in self.folded:
+            scale, shift = _bn_affine(bn)
+            w64 = w.cpu().double().numpy()
+            w2, b2 = rules.fold_batchnorm(w64, None if b is None else b.cpu().double().numpy(), scale, shift,
+                                          scale.reshape(-1, *([1] * (w64.ndim - 1))))
+            self.folded[module] = tuple(torch.as_tensor(v, dtype=w.dtype, device=w.device) for v in (w2, b2))
+        return (*self.folded[module], True)
+
+    def linear_hook(self, name: str, module: nn.Module) -> Callable[..., torch.Tensor]:
+        rule = self.rules[name]
+
+        def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+            a = inputs[0].detach()
+            z0 = output.detach()
+
+            def backward(r: torch.Tensor) -> tuple[torch.Tensor]:
+                w, b, merged = self.params(module)
+                z = OPS.linear(module, a, w, b) if merged else z0
+                return (rules.linear_relevance(OPS, module, rule, w, b, a, r, z),)
+
+            out = _Backward.apply(backward, z0, inputs[0])
+            self.produced[id(out)] = (out, module)
+            return out
+
+        return hook
+
+    def batchnorm_hook(self, mod: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        source = self.produced.pop(id(inputs[0]), None)
+        if source is not None and source[0] is inputs[0] and source[1] not in self.merged:
+            self.merged[source[1]] = mod  # relevance passes through; the linear layer's rule sees BN folded in
+            return _Backward.apply(lambda r: (r,), output.detach(), inputs[0])
+        scale, _ = _bn_affine(mod)
+        s = torch.as_tensor(scale, dtype=output.dtype, device=output.device).reshape(1, -1, *([1] * (output.ndim - 2)))
+        a, z = inputs[0].detach(), output.detach()
+        return _Backward.apply(lambda r: (rules.affine_relevance(OPS, s, a, r, z),), z, inputs[0])
+
+
+def _bn_affine(bn: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    if bn.running_mean is None:
+        raise CapabilityError(f"rule: LRP needs BatchNorm running statistics; {type(bn).__name__} tracks none")
+
+    def arr(t: torch.Tensor | None) -> np.ndarray | None:
+        return None if t is None else t.detach().cpu().double().numpy()
+
+    return rules.batchnorm_affine(arr(bn.running_mean), arr(bn.running_var), arr(bn.weight), arr(bn.bias), bn.eps)
 
 
 def _has_own_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 
 
-def install_lrp(model: nn.Module, rules: dict[str, LRPRule], handles: list[Any]) -> None:
+def install_lrp(model: nn.Module, rules_by_name: dict[str, LRPRule], handles: list[Any]) -> _Call:
     """Register the relevance hooks for one call (handles are removed by the caller's ``guarded``).
 
     Raises :class:`CapabilityError` for a rule on a layer that is not a conv/linear, and for a
-    layer with parameters that has no rule (BatchNorm: fold it into the conv first)."""
+    layer with parameters that LRP has no rule for (LayerNorm, attention, layer scale)."""
+    call = _Call(rules_by_name)
     for name, module in model.named_modules():
-        if name in rules:
+        if name in rules_by_name:
             if not isinstance(module, WEIGHTED):
                 raise CapabilityError(
                     f"rule: LRP rules apply to Conv/Linear layers; {name!r} is a {type(module).__name__}"
                 )
-            fn = relevance_rule(module, rules[name])
-        elif isinstance(module, AVERAGE_POOLS):
-            fn = average_rule(module)
-        elif isinstance(module, PASS_THROUGH):
-            add_hook(handles, module, _pass_hook)
-            continue
+            add_hook(handles, module, call.linear_hook(name, module))
+        elif isinstance(module, BATCHNORMS):
+            add_hook(handles, module, call.batchnorm_hook)
         elif _has_own_parameters(module):
             raise CapabilityError(
-                f"rule: layer {name!r} ({type(module).__name__}) has parameters but no LRP rule; LRP "
-                "covers Conv and Linear layers (fold BatchNorm into the preceding conv first)"
+                f"rule: layer {name!r} ({type(module).__name__}) has parameters but no LRP rule; polyviz's LRP "
+                "covers conv, linear and BatchNorm layers (LayerNorm, attention and layer scale, as in ConvNeXt "
+                "and transformers, would need AttnLRP's rules, which polyviz does not implement)"
             )
-        else:
-            continue
-        add_hook(handles, module, _relevance_hook(fn))
-
-
-def _relevance_hook(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        return _Relevance.apply(inputs[0], output.detach(), fn)
-
-    return hook
-
-
-def _pass_hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-    return _PassThrough.apply(inputs[0], output.detach())
+    return call
 
 
 def relevance(runner: Any, x: Any, objective: Any, rule: Any) -> Any:
@@ -269,7 +335,7 @@ def relevance(runner: Any, x: Any, objective: Any, rule: Any) -> Any:
             model_input = runner.model_input(runner.tensor(x))
         leaf = model_input.detach().requires_grad_()
         install_lrp(runner.model, rule.lrp_rules(), handles)
-        with PassReluMode():
+        with LRPMode():
             out = runner.call_model(leaf)
         values = runner.output_objective(objective, out)
         if values.requires_grad:

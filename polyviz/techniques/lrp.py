@@ -17,10 +17,14 @@ from polyviz.techniques import Context, Result, method
 
 __all__ = ["lrp", "weighted_layers", "assign_rules", "RULE_CHOICES"]
 
-#: ``rule=`` values: one rule for every weighted layer, or the VGG composite.
-RULE_CHOICES = ("zero", "epsilon", "gamma", "alpha_beta", "composite")
+#: ``rule=`` values: one rule for every weighted layer, the VGG composite, or zennit's composites
+#: for ResNet-like families.
+RULE_CHOICES = ("zero", "epsilon", "gamma", "alpha_beta", "composite", "epsilon_plus_flat",
+                "epsilon_alpha2_beta1_flat")
 #: Layer kinds (``Backend.layer_config(name)["kind"]``) that carry an LRP rule.
 WEIGHTED_KINDS = ("conv2d", "dense")
+#: Layer types a backend reports as kind "other" that are convolutions for LRP.
+OTHER_CONVS = ("DepthwiseConv2D", "SeparableConv2D")
 
 
 def weighted_layers(backend: Backend) -> list[tuple[str, str]]:
@@ -31,11 +35,14 @@ def weighted_layers(backend: Backend) -> list[tuple[str, str]]:
         if info.params <= 0:
             continue
         try:
-            kind = backend.layer_config(info.name).get("kind")
+            config = backend.layer_config(info.name)
+            kind = config.get("kind")
         except Exception:  # a backend that cannot describe the layer: not a rule target
             continue
         if kind in WEIGHTED_KINDS:
             out.append((info.name, kind))
+        elif kind == "other" and config.get("type") in OTHER_CONVS:
+            out.append((info.name, "conv2d"))
     return out
 
 
@@ -107,7 +114,10 @@ def assign_rules(
 
     ``rule="composite"`` (Montavon et al. 2019, sec. 10.3, for VGG16): z^B on the first layer,
     gamma on the lower half of the remaining convs, epsilon on the upper half, LRP-0 on the dense
-    layers. Any other ``rule`` puts that rule on every layer. ``rules`` then overrides by layer
+    layers. ``"epsilon_plus_flat"`` / ``"epsilon_alpha2_beta1_flat"`` (zennit's ``EpsilonPlusFlat``
+    and ``EpsilonAlpha2Beta1Flat``, advised by zennit's maintainers for ResNets): flat on the first
+    layer, z+ (alpha=1, beta=0) or alpha=2, beta=1 on the other convs, epsilon on the dense layers.
+    Any other ``rule`` puts that rule on every layer. ``rules`` then overrides by layer
     name, by kind ("conv2d", "dense") or "first" (the first weighted layer); values are rule names
     or :class:`LRPRule` objects. Names beat "first", which beats kinds.
     """
@@ -127,6 +137,11 @@ def assign_rules(
                 chosen[name] = make("zero", name)
             else:
                 chosen[name] = make("gamma" if name in lower else "epsilon", name)
+    elif rule in ("epsilon_plus_flat", "epsilon_alpha2_beta1_flat"):
+        conv = LRPRule("alpha_beta", alpha=1.0, beta=0.0) if rule == "epsilon_plus_flat" else LRPRule(
+            "alpha_beta", alpha=2.0, beta=1.0)
+        chosen = {name: LRPRule("flat") if i == 0 else conv if kind == "conv2d" else make("epsilon", name)
+                  for i, (name, kind) in enumerate(layers)}
     else:
         chosen = {name: make(rule, name) for name, _ in layers}
     if rules is not None and not isinstance(rules, Mapping):
@@ -170,14 +185,22 @@ def lrp(
     (``gamma``), "alpha_beta" (``alpha`` - ``beta`` = 1; alpha=1, beta=0 is z+), each on every conv
     and dense layer, or "composite": z^B on the first layer, gamma on the lower half of the other
     convs, epsilon on the upper half, LRP-0 on the dense layers (Montavon et al. 2019's
-    recommendation for VGG16). ``rules`` overrides per layer name, kind ("conv2d", "dense") or
+    recommendation for VGG16), or "epsilon_plus_flat" / "epsilon_alpha2_beta1_flat" (zennit's
+    composites for ResNets and other modern CNNs: flat first layer, z+ or alpha2-beta1 convs,
+    epsilon dense layers). ``rules`` overrides per layer name, kind ("conv2d", "dense") or
     "first", with rule names or :class:`~polyviz.protocol.LRPRule` objects. ``bounds``: the input
     range (low, high) for z^B, in the caller's units (default: (0, 1) when x lies in it, else
     (0, 255) when x lies in that, else x's min and max over the batch); mapped through the
     backend's preprocessing. The stabiliser of every rule but epsilon is 1e-6.
 
-    ReLUs pass relevance through, max pooling to the maximum, average pooling by LRP-0; layers with
-    parameters but no rule (BatchNorm) are refused. Matches zennit's rules (its ``EpsilonGammaBox``
+    Activations (ReLU, ReLU6, SiLU, GELU, hardswish, sigmoid, ...) pass relevance through, max
+    pooling to the maximum, average pooling by LRP-0; a BatchNorm right after a conv/dense layer is
+    merged into it (zennit's ``SequentialMergeBatchNorm``), virtually, the model untouched; other
+    BatchNorms are diagonal affine layers (epsilon 1e-6); residual additions split relevance in
+    proportion to each term (stabiliser 1e-6); a squeeze-excitation gate is a constant weight (all
+    relevance to the gated activation, as in zennit); concatenations route each slice back.
+    LayerNorm, attention and layer scale (ConvNeXt, transformers) are refused (AttnLRP is not
+    implemented). Matches zennit's rules (its ``EpsilonGammaBox``
     composite given the same assignment) and Captum's ``LRP`` with matching rules; Captum's
     default is epsilon 1e-9 on every layer, zennit starts from relevance 1 at the target (multiply
     by the score to compare). Costs one forward pass and one modified backward pass per batch.
