@@ -465,6 +465,13 @@ class LayerInfo:
     and its output layer), and a tensor changed in place counts as a new one. None when unknown
     (the backend cannot tell, or the layer runs more than once). :func:`polyviz.default_layer`
     reads it.
+
+    ``layout`` says how the framework holds the output, declared or detected by the backend, never
+    guessed (:mod:`polyviz.layout`): a permutation of "NCHW" for a 4-D map ("NCHW" for a torch conv,
+    "NHWC" for Keras and for torch ConvNeXt/Swin blocks that work channels-last), ``"NTC"`` for a
+    token sequence (N, tokens, C) that the backend shows as its patch grid, dropping the first
+    ``prefix`` tokens (class, registers), or None (not a map, or unknown). ``output_shape`` is
+    always the channels-last view that layer methods receive: (h, w, C) for maps and token grids.
     """
 
     name: str
@@ -473,6 +480,8 @@ class LayerInfo:
     params: int
     trainable: bool
     tensor: int | None = None
+    layout: str | None = None
+    prefix: int = 0
 
     @property
     def spatial(self) -> bool:

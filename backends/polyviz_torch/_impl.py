@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from polyviz.errors import InputError, LayerError, PolyvizError, TargetError
+from polyviz.layout import to_grid
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     OUTPUT,
@@ -69,6 +70,10 @@ def device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 def channels_last(t: torch.Tensor) -> torch.Tensor:
     """NCHW -> NHWC for 4-D tensors; anything else unchanged."""
     return t.permute(0, 2, 3, 1) if t.ndim == 4 else t
+
+
+def _permute(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    return t.permute(*order)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -178,9 +183,25 @@ class Runner:
             return _per_sample_sum(cl * self.tensor(objective.weights, cl.dtype))
         raise InputError(f"objective: {type(objective).__name__} is not an output objective")
 
+    def grid(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Layer ``name``'s output (or its gradient) as the layer methods see it: a 4-D map
+        channels-last (N, h, w, C) by the layout the probe detected, a token sequence as its patch
+        grid, anything else as it is. A 4-D output whose layout is unknown is refused."""
+        info = self.probe.info(name)
+        layout = None if info is None else info.layout
+        if layout is None and t.ndim == 4:
+            raise LayerError(
+                f"layer: the layout of {name!r}'s 4-D output {tuple(t.shape)} could not be detected (NCHW or "
+                "NHWC); polyviz does not guess it. Declare it on the module's class: __polyviz_layout__ = "
+                "'NCHW' (or 'NHWC'), or choose another layer"
+            )
+        if layout is None:
+            return t
+        return to_grid(t, layout, info.prefix, tuple(info.output_shape), _permute)  # type: ignore[arg-type]
+
     def layer_objective(self, objective: Objective, act: torch.Tensor) -> torch.Tensor:
         """One score per sample from a layer activation (native layout in, channels-last indexing)."""
-        a = channels_last(act)
+        a = self.grid(objective.layers[0], act) if objective.layers else channels_last(act)
         n = int(a.shape[0])
         if isinstance(objective, ChannelMean):
             channels = torch.as_tensor(objective.channels(n), device=a.device)
@@ -321,7 +342,7 @@ class Runner:
             self._install(handles, layers, acts, stop=not include_output)
             out = self._run(self.model_input(self.tensor(x)), stop=not include_output)
             self._check_ran(layers, acts)
-            result = {name: to_numpy(channels_last(acts[name])) for name in layers}
+            result = {name: to_numpy(self.grid(name, acts[name])) for name in layers}
             if include_output and out is not None:
                 result[OUTPUT] = to_numpy(channels_last(out))
             return result
@@ -348,10 +369,10 @@ class Runner:
             else:
                 grads = (None,) * len(targets)
             gradients = {
-                name: to_numpy(channels_last(torch.zeros_like(t) if g is None else g))
+                name: to_numpy(self.grid(name, torch.zeros_like(t) if g is None else g))
                 for name, t, g in zip(layers, targets, grads)
             }
-            activations = {name: to_numpy(channels_last(acts[name])) for name in layers}
+            activations = {name: to_numpy(self.grid(name, acts[name])) for name in layers}
             return LayerGradients(to_numpy(values), activations, gradients)
 
     @staticmethod
@@ -405,11 +426,17 @@ class Runner:
         (module,) = self._modules([layer]).values()
         scale: dict[str, torch.Tensor] = {}
 
+        info = self.probe.info(layer)
+        layout = None if info is None else info.layout
+        channel_axis = -1 if layout is None or len(layout) != 4 else layout.index("C")
+
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> Any:
             k = scale["keep"]
-            if output.ndim == 4:
-                return output * k[:, :, None, None]
-            return output * k.reshape(k.shape[0], *([1] * (output.ndim - 2)), k.shape[1])
+            if output.ndim == 4 and layout is None:
+                self.grid(layer, output)  # refuses the unknown layout
+            shape = [k.shape[0]] + [1] * (output.ndim - 1)
+            shape[channel_axis] = k.shape[1]
+            return output * k.reshape(shape)
 
         with guarded(self.model) as handles, torch.no_grad():
             xt = self.tensor(x)
