@@ -8,7 +8,7 @@ import numpy as np
 
 from polyviz.errors import InputError
 
-__all__ = ["Layout", "to_channels_last", "from_channels_last", "LAYOUTS", "TOKENS", "axes_order", "token_grid", "to_grid", "from_grid_order"]
+__all__ = ["Layout", "to_channels_last", "from_channels_last", "LAYOUTS", "TOKENS", "axes_order", "token_grid", "mark_tokens", "to_grid", "from_grid_order"]
 
 LAYOUTS = ("NCHW", "NHWC")
 
@@ -73,6 +73,38 @@ def token_grid(tokens: int, grid: tuple[int, int], max_prefix: int = 16) -> int 
     h, w = grid
     prefix = int(tokens) - int(h) * int(w)
     return prefix if 0 <= prefix <= max_prefix else None
+
+
+def mark_tokens(infos: list[Any]) -> list[Any]:
+    """``LayerInfo`` s with token sequences marked as grids, by one rule for every backend.
+
+    Walking the layers in the order their outputs were produced (``LayerInfo.tensor``), a map with
+    a known layout sets the grid (h, w) (the patch embedding, for a ViT); a later (tokens, C)
+    output whose token count is prefix + h * w (:func:`token_grid`) becomes a token grid: layout
+    :data:`TOKENS`, output shape (h, w, C), ``prefix`` leading tokens. A map after the first token
+    layer ends the walk (a hybrid this rule does not describe). Layers without a tensor number
+    (run twice, unknown) are left as they are."""
+    from dataclasses import replace
+
+    grid: tuple[int, int] | None = None
+    marked: dict[int, tuple[tuple[int, int, int], int]] = {}
+    for info in sorted((i for i in infos if i.tensor is not None), key=lambda i: i.tensor):
+        shape = info.output_shape
+        if shape is None or any(d is None for d in shape):
+            continue
+        if len(shape) == 3 and info.layout is not None and len(info.layout) == 4:
+            if marked:
+                break
+            grid = (int(shape[0]), int(shape[1]))
+        elif len(shape) == 2 and grid is not None:
+            prefix = token_grid(int(shape[0]), grid)
+            if prefix is not None:
+                marked[info.tensor] = ((*grid, int(shape[1])), prefix)
+    return [
+        replace(info, output_shape=marked[info.tensor][0], layout=TOKENS, prefix=marked[info.tensor][1])
+        if info.tensor in marked else info
+        for info in infos
+    ]
 
 
 def to_grid(a: Any, layout: str | None, prefix: int, shape: tuple[int, ...], permute: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from polyviz.errors import InputError, LayerError, ModelError
+from polyviz.layout import TOKENS, mark_tokens, to_grid
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     OUTPUT,
@@ -164,6 +165,8 @@ class KerasBackend(Backend):
 
         n = len(x)
         check_output_objective(objective, self._out_shape(n))
+        if objective.layers:
+            self._native_layout_only(objective.layers[0], "a layer objective")
         layer_shape = self.layer_info(objective.layers[0]).output_shape if objective.layers else None
         data = objective_data(objective, n, tuple(self.output_shape[1:]), layer_shape)
         signature = tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items()))
@@ -206,14 +209,16 @@ class KerasBackend(Backend):
         values, acts, grads = self._gradient(x, objective, rule, names)
         return LayerGradients(
             values.numpy().astype(np.float32),
-            {name: a.numpy() for name, a in zip(names, acts)},
-            {name: g.numpy() for name, g in zip(names, grads)},
+            {name: self._grid(name, a.numpy()) for name, a in zip(names, acts)},
+            {name: self._grid(name, g.numpy()) for name, g in zip(names, grads)},
         )
 
     def _replaced_layer_gradients(
         self, x: np.ndarray, layer: str, activation: np.ndarray, objective: Objective
     ) -> LayerGradients:
         from polyviz_keras._functions import cached, make_replaced
+
+        self._native_layout_only(layer, "replacing its activation (layer integrated gradients, conductance)")
 
         data, static, signature = self._objective_parts(x, objective)
         key = self._key("replaced", tuple(x.shape[1:]), layer, tuple(activation.shape[1:]), static, signature)
@@ -228,7 +233,7 @@ class KerasBackend(Backend):
     def _layer_activations(self, x: np.ndarray, layers: list[str], include_output: bool) -> dict[str, np.ndarray]:
         names = tuple(dict.fromkeys(layers))
         out, acts = self._call(self._forward_fn(x.shape, names), x)
-        result = {name: a.numpy().astype(np.float32, copy=False) for name, a in zip(names, acts)}
+        result = {name: self._grid(name, a.numpy().astype(np.float32, copy=False)) for name, a in zip(names, acts)}
         if include_output:
             result[OUTPUT] = out.numpy().astype(np.float32, copy=False)
         return result
@@ -287,9 +292,32 @@ class KerasBackend(Backend):
             # a raw op in the graph (``x + y``, keras.ops.*) is an Operation, not a Layer: no weights
             is_layer = isinstance(layer, keras.layers.Layer)
             params = int(layer.count_params()) if is_layer and layer.built else 0
+            layout = None
+            if shape is not None and len(shape) == 3:  # Keras declares its maps' layout: data_format
+                layout = "NCHW" if getattr(layer, "data_format", None) == "channels_first" else "NHWC"
+                if layout == "NCHW":
+                    shape = (shape[1], shape[2], shape[0])
             infos.append(LayerInfo(name, type(layer).__name__, shape, params, is_layer and bool(layer.trainable),
-                                   numbers.get(name)))
-        return infos
+                                   numbers.get(name), layout))
+        return mark_tokens(infos)
+
+    def _native_layout_only(self, name: str, what: str) -> None:
+        """Refuse ``what`` on a token-grid or channels-first layer (not implemented on Keras)."""
+        info = self.layer_info(name)
+        if info.layout not in (None, "NHWC"):
+            kind = "a token sequence shown as a grid" if info.layout == TOKENS else "channels-first"
+            raise LayerError(
+                f"layer: {name!r} is {kind}; {what} is not supported there on Keras yet. CAMs, layer "
+                "activations and layer gradients are; or choose a channels-last map layer"
+            )
+
+    def _grid(self, name: str, a: np.ndarray) -> np.ndarray:
+        """A layer output as layer methods see it (see :func:`polyviz.layout.to_grid`): token
+        sequences as their patch grid, channels-first maps channels-last."""
+        info = self.layer_info(name)
+        if info.layout is None or info.layout == "NHWC":
+            return a
+        return np.ascontiguousarray(to_grid(a, info.layout, info.prefix, tuple(info.output_shape), np.transpose))
 
     def _with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:
         from polyviz_keras._reweight import reweighted_copy

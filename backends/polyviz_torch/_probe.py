@@ -18,7 +18,7 @@ None and is refused by layer methods rather than read as NCHW.
 **Token sequences** (ViT): a 3-D output (N, T, C) produced after the last 4-D map (the patch
 embedding, grid h x w) with T = prefix + h * w (0 <= prefix <= 16) is a token map: layer methods
 see its last h * w tokens as an (h, w, C) grid, the prefix (class, register, distillation tokens)
-dropped (see :func:`polyviz.layout.token_grid`).
+dropped (see :func:`polyviz.layout.mark_tokens`, shared with the Keras backend).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from polyviz.layout import TOKENS, axes_order, token_grid
+from polyviz.layout import axes_order, mark_tokens
 from polyviz.protocol import LayerInfo
 from polyviz_torch._threads import add_hook, model_lock
 
@@ -80,6 +80,9 @@ _CHANNELS_FIRST_OPS = frozenset({
     "group_norm", "interpolate", "upsample", "upsample_bilinear", "upsample_nearest", "pixel_shuffle",
     "pixel_unshuffle", "fractional_max_pool2d", "local_response_norm", "channel_shuffle",
 })
+#: Reshapes: a 4-D tensor made by one of these from a 3-, 5- or 6-D tensor keeps the letters of the
+#: map that tensor came from (Swin's window reverse, ShuffleNet's channel shuffle).
+_RESHAPES = frozenset({"view", "reshape", "unflatten", "view_as", "reshape_as", "contiguous", "clone", "flatten"})
 _PERMUTES = frozenset({"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "transpose_"})
 
 
@@ -133,8 +136,10 @@ class _AxisTracker(TorchFunctionMode):
                 self.tag(t, "NCHW")
             elif letters is None:
                 continue
-            elif name in _PERMUTES and source is not None and source.ndim == 4 and t.ndim == 4:
-                self.tag(t, _permuted(letters, name, args, kwargs))
+            elif t.ndim == 4 and first4 is not None:
+                self.tag(t, _permuted(letters, name, args, kwargs) if name in _PERMUTES else letters)
+            elif t.ndim == 4 and name not in _RESHAPES:
+                continue  # a map made from no map (a factory times a scalar): unknown, not guessed
             else:
                 self.tag(t, letters)
 
@@ -238,33 +243,8 @@ def _run(model: nn.Module, size: tuple[int, int, int]) -> tuple[list, Exception 
         number, letters = (extra + [None, None])[:2]
         tensor = number if counts[name] == 1 else None  # a module run twice: ambiguous
         records.append((name, module, ins, outs, (_shape(output, letters), counts[name]), tensor, letters))
-    _find_tokens(records)
     tracker.keep.clear()
     return records, error
-
-
-def _find_tokens(records: list) -> None:
-    """Mark token sequences (see the module docstring) in ``records``, in place: their shape
-    becomes the (h, w, C) grid and their letters :data:`~polyviz.layout.TOKENS` with the prefix."""
-    grid: tuple[int, int] | None = None
-    by_number = sorted((r for r in records if r[5] is not None), key=lambda r: r[5])
-    marked: dict[int, tuple] = {}
-    for record in by_number:
-        shape = record[4][0]
-        if shape is None:
-            continue
-        if len(shape) == 3 and record[6] is not None and len(record[6]) == 4:
-            if marked:
-                break  # a map after the tokens: a hybrid this rule does not describe
-            grid = (shape[0], shape[1])
-        elif len(shape) == 2 and grid is not None:
-            prefix = token_grid(shape[0], grid)
-            if prefix is not None:
-                marked[record[5]] = ((*grid, shape[1]), (TOKENS, prefix))
-    for i, record in enumerate(records):
-        if record[5] in marked:
-            shape, letters = marked[record[5]]
-            records[i] = (*record[:4], (shape, record[4][1]), record[5], letters)
 
 
 def probe(model: nn.Module, size: tuple[int, int, int]) -> Probe:
@@ -297,16 +277,14 @@ def probe(model: nn.Module, size: tuple[int, int, int]) -> Probe:
                 flattened[name] = (h, w, c)
         if not isinstance(module, nn.Flatten | nn.Dropout | nn.Identity) and outs is not None:
             previous = outs
-    return Probe(infos, calls, flattened, fused, error is None)
+    return Probe(mark_tokens(infos), calls, flattened, fused, error is None)
 
 
 def _info(
     name: str, module: nn.Module, shape: tuple[int, ...] | None, tensor: int | None = None, letters: Any = None
 ) -> LayerInfo:
     params = list(module.parameters())
-    layout, prefix = letters if isinstance(letters, tuple) else (letters, 0)
-    if shape is None or len(shape) != 3:
-        layout, prefix = None, 0
+    layout = letters if shape is not None and len(shape) == 3 else None
     return LayerInfo(
         name=name,
         type=type(module).__name__,
@@ -315,5 +293,4 @@ def _info(
         trainable=any(p.requires_grad for p in params),
         tensor=tensor,
         layout=layout,
-        prefix=prefix,
     )
