@@ -623,6 +623,11 @@ class Backend(ABC):
             self._model_ref = lambda: model
         self.preprocess = preprocess
         self.options = options
+        from polyviz.targets import check_output_target
+
+        #: What to explain when the model's output is not one (N, K) tensor (:mod:`polyviz.targets`):
+        #: the backend applies it to the raw output right after the forward pass.
+        self.output_target: Any = check_output_target(options.get("output"))
         self._layer_info: dict[Any, list[LayerInfo]] = {}
         #: Shape of the last validated input batch; backends that need a probe forward to learn
         #: layer output shapes (torch) use it.

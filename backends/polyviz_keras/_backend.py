@@ -67,8 +67,13 @@ class KerasBackend(Backend):
         }
     )
 
-    def __init__(self, model: Any, *, preprocess: Preprocess | None = None, logits: bool = True) -> None:
-        super().__init__(model, preprocess=preprocess, logits=logits)
+    def __init__(
+        self, model: Any, *, preprocess: Preprocess | None = None, logits: bool = True, output: Any = None
+    ) -> None:
+        options: dict[str, Any] = {"logits": logits}
+        if output is not None:  # a structured output or a one-score target: see polyviz.targets
+            options["output"] = output
+        super().__init__(model, preprocess=preprocess, **options)
         self.logits = bool(logits)
         import keras
 
@@ -116,6 +121,15 @@ class KerasBackend(Backend):
 
     @property
     def output_shape(self) -> tuple[Any, ...]:
+        """The shape of the scores the methods see: the model's output, or the part or the one
+        score its output target makes of it (:mod:`polyviz.targets`)."""
+        from polyviz.targets import SelectOutput, select
+
+        target = self.output_target
+        if target is not None:
+            if not isinstance(target, SelectOutput):
+                return (None, 1)
+            return tuple(select(self.model.output, target.key).shape)
         shape = self.model.output_shape
         if isinstance(shape, list):
             shape = shape[0]
@@ -123,12 +137,15 @@ class KerasBackend(Backend):
 
     # ---- helpers ----------------------------------------------------------------------------
     def _key(self, *parts: Any) -> tuple:
-        return (*parts, self.preprocess, self.logits)
+        return (*parts, self.preprocess, self.logits, self.output_target)
 
     def _call(self, fn: Any, *args: Any) -> Any:
         """Call a compiled function; TensorFlow runtime errors become InputError naming x."""
         import tensorflow as tf
 
+        from polyviz_keras._graph import OUTPUT_TARGET
+
+        token = OUTPUT_TARGET.set(self.output_target)
         try:
             return fn(*args)
         except InputError as exc:
@@ -138,6 +155,8 @@ class KerasBackend(Backend):
             raise InputError(str(exc)) from original
         except tf.errors.InvalidArgumentError as exc:
             raise InputError(f"x: the model rejected the input: {exc.message}") from exc
+        finally:
+            OUTPUT_TARGET.reset(token)
 
     def _forward_fn(self, x_shape: tuple, record: tuple[str, ...] = ()) -> Any:
         from polyviz_keras._functions import cached, make_forward
@@ -323,7 +342,7 @@ class KerasBackend(Backend):
         from polyviz_keras._reweight import reweighted_copy
 
         clone = reweighted_copy(self.model, weights)
-        backend = type(self)(clone, preprocess=self.preprocess, logits=self.logits)
+        backend = type(self)(clone, preprocess=self.preprocess, logits=self.logits, output=self.output_target)
         backend._owned_model = clone  # the backend holds its model weakly: keep the copy alive with it
         backend.last_input_shape = self.last_input_shape
         return backend

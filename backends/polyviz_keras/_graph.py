@@ -12,6 +12,7 @@ or editing the model: no attribute of a user's layer is ever assigned, not even 
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from polyviz.errors import CapabilityError, LayerError
+from polyviz.errors import CapabilityError, InputError, LayerError
 from polyviz_keras._internals import producer_of, run_through_graph
 
 SEP = "/"
@@ -340,5 +341,38 @@ def run_model(model: Any, x: tf.Tensor, run: Run) -> tf.Tensor:
     run.softmax_layer = final_softmax(model)
     out = _run_graph(graph_of(model), x, run, "")
     if run.logits and run.logits_tensor is not None:
-        return run.logits_tensor
+        out = run.logits_tensor
+    target = OUTPUT_TARGET.get()
+    if target is not None:  # a structured output or a one-score target (polyviz.targets)
+        from polyviz.targets import apply_target
+
+        out = apply_target(target, out, TF_OPS)
+    elif isinstance(out, dict | list | tuple):
+        raise InputError(
+            f"x: the model returned a {type(out).__name__}, not a tensor; say which part to explain: "
+            "explain(..., output='key' or index), or a target from polyviz.targets (SegmentationTarget, "
+            "DetectionTarget) or a NativeCallable"
+        )
     return out
+
+
+#: The output target of the backend call being traced (:mod:`polyviz.targets`), set by
+#: ``KerasBackend._call`` around each compiled call; part of every compiled function's cache key.
+OUTPUT_TARGET: contextvars.ContextVar[Any] = contextvars.ContextVar("polyviz_keras_output_target", default=None)
+
+
+def _tf_ops() -> Any:
+    from polyviz.targets import ArrayOps
+
+    return ArrayOps(
+        const=lambda a, like: tf.constant(a, dtype=like.dtype),
+        sum=lambda t, axis: tf.reduce_sum(t, axis=axis),
+        max=lambda t, axis: tf.reduce_max(t, axis=axis),
+        minimum=tf.minimum,
+        maximum=tf.maximum,
+        map_channels_last=lambda t: t,  # Keras maps are channels-last
+    )
+
+
+#: :class:`polyviz.targets.ArrayOps` for TensorFlow tensors.
+TF_OPS = _tf_ops()

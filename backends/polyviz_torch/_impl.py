@@ -47,6 +47,23 @@ from polyviz_torch._threads import add_hook, model_lock
 __all__ = ["Runner", "first_conv_channels", "layer_weights", "guarded", "channels_last"]
 
 
+def _torch_ops() -> Any:
+    from polyviz.targets import ArrayOps
+
+    return ArrayOps(
+        const=lambda a, like: torch.as_tensor(np.asarray(a), device=like.device, dtype=like.dtype),
+        sum=lambda t, axis: t.sum(dim=axis),
+        max=lambda t, axis: t.amax(dim=axis),
+        minimum=lambda t, c: torch.clamp(t, max=c) if isinstance(c, float | int) else torch.minimum(t, c),
+        maximum=lambda t, c: torch.clamp(t, min=c) if isinstance(c, float | int) else torch.maximum(t, c),
+        map_channels_last=lambda t: t.permute(0, 2, 3, 1),  # torch maps are (N, K, H, W)
+    )
+
+
+#: :class:`polyviz.targets.ArrayOps` for torch tensors.
+TORCH_OPS = _torch_ops()
+
+
 class _StopForward(Exception):
     """Raised by a hook once every requested activation is captured and the output is not needed."""
 
@@ -112,8 +129,10 @@ def _per_sample_mean(t: torch.Tensor) -> torch.Tensor:
 class Runner:
     """One backend call's worth of torch work on ``model`` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess | None, probe: Any) -> None:
+    def __init__(self, model: nn.Module, preprocess: Preprocess | None, probe: Any, output_target: Any = None) -> None:
         self.model = model
+        #: applied to the raw output after the forward pass (see :mod:`polyviz.targets`)
+        self.output_target = output_target
         self.preprocess = preprocess
         self.probe = probe
         self.device, self.dtype = device_dtype(model)
@@ -149,10 +168,15 @@ class Runner:
                 f"x: the model failed on input of shape {(n, h, w, c)} (channels-last; "
                 f"{tuple(x_nchw.shape)} as NCHW): {type(exc).__name__}: {exc}"
             ) from exc
+        if self.output_target is not None:
+            from polyviz.targets import apply_target
+
+            out = apply_target(self.output_target, out, TORCH_OPS)
         if not isinstance(out, torch.Tensor):
             raise InputError(
-                f"x: the model returned a {type(out).__name__}, not a tensor; wrap it so that it "
-                "returns one output tensor, or score it with a NativeCallable objective"
+                f"x: the model returned a {type(out).__name__}, not a tensor; say which part to explain: "
+                "explain(..., output='key' or index), or a target from polyviz.targets (SegmentationTarget, "
+                "DetectionTarget) or a NativeCallable"
             )
         return out
 
