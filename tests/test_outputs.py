@@ -226,3 +226,35 @@ def test_structured_output_without_a_target_is_refused_clearly(framework):
         polyviz.explain(model, x, "saliency", target=DetectionTarget(box=(5, 5, 1, 1), category=0), progress=False)
     with pytest.raises(TargetError, match="mask: shape"):
         polyviz.explain(model, x, "saliency", target=SegmentationTarget(0, np.ones((3, 3)), key="seg"), progress=False)
+
+
+def test_cli_explain_selects_the_output_of_a_saved_multi_output_model(tmp_path, capsys):
+    """``polyviz explain --output logits`` on a saved Keras model with a dict output: the written
+    picture is what ``polyviz.explain(..., output="logits")`` renders."""
+    pytest.importorskip("tensorflow")
+    import keras
+    from PIL import Image
+
+    from polyviz.cli import main
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    f = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(f)
+    model = keras.Model(inputs, {"logits": keras.layers.Dense(K, name="fc")(pooled),
+                                 "aux": keras.layers.Dense(2, name="aux")(pooled)})
+    path = tmp_path / "multi.keras"
+    model.save(path)
+    image = (np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "img.png")
+    argv = ["explain", str(tmp_path / "img.png"), "--model", str(path), "--method", "gradcam", "--layer", "conv",
+            "--target", "1", "--out", str(tmp_path / "out"), "--no-progress", "--preprocess", "none"]
+    assert main([*argv, "--output", "logits"]) == 0
+    capsys.readouterr()
+    x = image[None].astype(np.float32) / 255.0
+    expected = polyviz.explain(keras.models.load_model(path), x, "gradcam", output="logits", target=1, layer="conv",
+                               progress=False).render(0)
+    written = np.asarray(Image.open(next((tmp_path / "out").glob("*gradcam.png"))))
+    np.testing.assert_array_equal(written, expected)
+    assert main(argv) == 2  # no --output: refused in one line
+    assert "returned a dict" in capsys.readouterr().err
