@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from polyviz.errors import InputError, LayerError, ModelError
+from polyviz.errors import CapabilityError, InputError, LayerError, ModelError
 from polyviz.layout import TOKENS, mark_tokens, to_grid
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
@@ -28,6 +28,13 @@ from polyviz.protocol import (
 MASK_BATCH = 32
 
 SUPPORTED = "polyviz drives functional and Sequential Keras 3 models on the TensorFlow backend"
+
+#: What needs a functional graph; refused on subclassed models (see ``KerasBackend.require``).
+GRAPH_CAPABILITIES = frozenset({
+    Capability.LAYER_ACTIVATIONS, Capability.LAYER_GRADIENTS, Capability.LAYER_MASKED_SCORES,
+    Capability.LAYER_REPLACE, Capability.RELU_RULES, Capability.LRP, Capability.DEEPLIFT,
+    Capability.LAYER_WEIGHTS, Capability.REWEIGHT,
+})
 
 
 class KerasBackend(Backend):
@@ -84,13 +91,32 @@ class KerasBackend(Backend):
                 f"model: Keras is running on the {keras.backend.backend()!r} backend; {SUPPORTED} "
                 "(set KERAS_BACKEND=tensorflow before importing keras)"
             )
-        if not isinstance(model, keras.layers.Layer) or graph_of(model) is None:
-            raise ModelError(
-                f"model: a {type(model).__qualname__} has no symbolic graph (subclassed or unbuilt "
-                f"model); {SUPPORTED}. Wrap it in a functional model: keras.Model(inputs, outputs)."
-            )
+        if not isinstance(model, keras.layers.Layer):
+            raise ModelError(f"model: a {type(model).__qualname__} is not a Keras model; {SUPPORTED}")
+        #: A subclassed (or unbuilt Sequential) model: no graph polyviz can walk (see :meth:`require`).
+        self.subclassed = graph_of(model) is None
+        if self.subclassed:
+            if not model.built:  # building it here would create its weights: a change to the user's model
+                raise ModelError(
+                    f"model: this {type(model).__qualname__} is not built yet (no weights); call it once on "
+                    "an input (model(x)) or model.build(input_shape) before explaining it"
+                )
+            return
         if len(graph_of(model).inputs) != 1:
             raise ModelError(f"model: polyviz drives models with one image input, this one has {len(graph_of(model).inputs)}")
+
+    def require(self, capability: str) -> None:
+        """As :meth:`Backend.require`; a subclassed model (no functional graph) is refused what
+        needs its layers, saying exactly what works."""
+        if getattr(self, "subclassed", False) and capability in GRAPH_CAPABILITIES:
+            raise CapabilityError(
+                f"model: a subclassed {type(self.model).__qualname__} has no functional graph, so polyviz cannot "
+                f"reach its layers, and {capability!r} needs them (CAMs, layer methods, ReLU rules, LRP, "
+                "DeepLIFT). Methods that name no layer work: saliency, input x gradient, integrated gradients, "
+                "SmoothGrad, gradient SHAP, occlusion, RISE, feature ablation, LIME, KernelSHAP. For the others "
+                "explain a functional model: keras.Model(inputs, outputs) built with the same layers"
+            )
+        super().require(capability)
 
     # ---- identity ---------------------------------------------------------------------------
     @classmethod
@@ -114,6 +140,8 @@ class KerasBackend(Backend):
 
     @property
     def input_shape(self) -> tuple[Any, ...] | None:
+        if self.subclassed:
+            return None  # a subclassed model declares no input; its call says what it accepts
         shape = self.model.input_shape
         if isinstance(shape, list):
             shape = shape[0]
@@ -126,14 +154,26 @@ class KerasBackend(Backend):
         from polyviz.targets import SelectOutput, select
 
         target = self.output_target
+        if target is not None and not isinstance(target, SelectOutput):
+            return (None, 1)
+        if self.subclassed:  # no symbolic output: one forward pass of one sample, cached per size
+            return self._subclassed_output_shape()
         if target is not None:
-            if not isinstance(target, SelectOutput):
-                return (None, 1)
             return tuple(select(self.model.output, target.key).shape)
         shape = self.model.output_shape
         if isinstance(shape, list):
             shape = shape[0]
         return tuple(shape)
+
+    def _subclassed_output_shape(self) -> tuple[Any, ...]:
+        size = tuple(self.last_input_shape[1:]) if self.last_input_shape is not None else None
+        if size is None:
+            raise ModelError("model: a subclassed model's output shape is known only after an input is given")
+        cache = self.__dict__.setdefault("_output_shapes", {})
+        if size not in cache:
+            out = self._forward(np.zeros((1, *size), np.float32))
+            cache[size] = (None, *out.shape[1:])
+        return cache[size]
 
     # ---- helpers ----------------------------------------------------------------------------
     def _key(self, *parts: Any) -> tuple:

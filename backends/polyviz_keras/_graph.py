@@ -339,7 +339,11 @@ def run_model(model: Any, x: tf.Tensor, run: Run) -> tf.Tensor:
     """The model output for ``x`` (logits when ``run.logits`` and the model ends in softmax);
     requested layer outputs land in ``run.recorded``."""
     run.softmax_layer = final_softmax(model)
-    out = _run_graph(graph_of(model), x, run, "")
+    graph = graph_of(model)
+    if graph is None:  # a subclassed model: its own call, as it is (only methods that name no layer)
+        out = call_operation(model, (x,), {})
+    else:
+        out = _run_graph(graph, x, run, "")
     if run.logits and run.logits_tensor is not None:
         out = run.logits_tensor
     target = OUTPUT_TARGET.get()
