@@ -51,6 +51,7 @@ from polyviz.protocol import (
     Rule,
 )
 from polyviz.registry import available_backends, backend_for, refresh
+from polyviz.targets import DetectionTarget, SegmentationTarget, SelectOutput
 
 __version__ = "0.1.0"
 
@@ -81,6 +82,9 @@ __all__ = [
     "PolyvizWarning",
     "Preprocess",
     "Rule",
+    "SegmentationTarget",
+    "DetectionTarget",
+    "SelectOutput",
     "TargetError",
     "WeightsNotFoundError",
     "available_backends",

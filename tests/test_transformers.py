@@ -348,3 +348,34 @@ def test_keras_vit_token_layer_refuses_what_it_cannot_do_yet(kvit):
     with pytest.raises(LayerError, match="token sequence.*not supported there on Keras"):
         polyviz.explain(kvit, _x((1, 32, 32, 3)), "layer_integrated_gradients", target=1, layer="block1_ln1",
                         n_steps=4, progress=False)
+
+
+def test_torch_every_cam_is_the_same_at_an_nhwc_layer_and_its_nchw_permute():
+    """The same values held NHWC (``norm``) and NCHW (``back``, torchvision's Permute after it):
+    every CAM method (gradient ones, Score-CAM's masked inputs, Ablation-CAM's channel scaling in
+    the layer's own layout, Eigen-CAM) and the layer activations must agree at the two layers."""
+    torch = pytest.importorskip("torch")
+    from torch import nn
+    from torchvision.ops.misc import Permute
+
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("stem", nn.Conv2d(3, 6, 3, stride=2, padding=1))
+    model.add_module("to_nhwc", Permute([0, 2, 3, 1]))
+    model.add_module("norm", nn.LayerNorm(6))
+    model.add_module("back", Permute([0, 3, 1, 2]))
+    model.add_module("act", nn.GELU())
+    model.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    model.add_module("flat", nn.Flatten())
+    model.add_module("fc", nn.Linear(6, 4))
+    model.eval()
+    x = _x((1, 3, 12, 10))  # not square: a swapped H and W would show
+    acts = polyviz.activations(model, x, ["norm", "back"])
+    assert acts["norm"].shape == (1, 6, 5, 6)
+    np.testing.assert_array_equal(acts["norm"], acts["back"])
+    for method, options in CAMS.items():
+        if method == "cam":
+            continue  # CAM needs the global pooling right before the classifier
+        at_nhwc = polyviz.explain(model, x, method, target=2, layer="norm", progress=False, **options)
+        at_nchw = polyviz.explain(model, x, method, target=2, layer="back", progress=False, **options)
+        np.testing.assert_allclose(at_nhwc.attribution, at_nchw.attribution, rtol=1e-5, atol=1e-7, err_msg=method)
