@@ -148,8 +148,8 @@ def test_subclassed_model_gets_what_needs_no_layer():
     assert KerasBackend.claims(net)
     backend = KerasBackend(net)
     np.testing.assert_allclose(backend.forward(x), net(x).numpy(), rtol=1e-6)
-    with pytest.raises(CapabilityError, match="subclassed.*Methods that name no layer work"):
-        backend.layer_activations(x, ["dense"])
+    with pytest.raises(CapabilityError, match="subclassed.*What works"):
+        backend.layer_weights("dense")
 
 
 # ---- forward, logits, gradients -------------------------------------------------------------------

@@ -89,14 +89,19 @@ def test_convnext_raw_op_layers_with_the_multi_pass_layer_methods(convnext):
 
 
 class Subclassed(keras.Model):
+    """A subclassed model with a functional backbone attribute, as users write them."""
+
     def __init__(self):
         super().__init__()
-        self.conv = keras.layers.Conv2D(8, 3, padding="same", activation="relu")
-        self.pool = keras.layers.GlobalAveragePooling2D()
-        self.fc = keras.layers.Dense(5)
+        inner = keras.Input((12, 12, 3))
+        self.backbone = keras.Model(
+            inner, keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="c1")(inner), name="bb")
+        self.conv = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.fc = keras.layers.Dense(5, name="fc")
 
     def call(self, x, training=False):
-        return self.fc(self.pool(self.conv(x)))
+        return self.fc(self.pool(self.conv(self.backbone(x))))
 
 
 def test_subclassed_model_runs_every_method_that_names_no_layer():
@@ -120,9 +125,37 @@ def test_subclassed_model_runs_every_method_that_names_no_layer():
         assert np.isfinite(out.attribution).all()
     predicted = polyviz.explain(model, x, "saliency", progress=False).target
     np.testing.assert_array_equal(predicted, model(x).numpy().argmax(-1))
-    for method in ("gradcam", "guided_backprop", "layer_activation"):
-        with pytest.raises(CapabilityError, match="subclassed.*Methods that name no layer work: saliency"):
-            polyviz.explain(model, x, method, target=1, progress=False)
+    after = backend_class("keras").state_fingerprint(model)
+    assert all(np.array_equal(fp[k], after[k]) if isinstance(fp[k], np.ndarray) else fp[k] == after[k] for k in fp)
+
+
+def test_subclassed_model_layers_by_attribute_path():
+    """Layers reached by attribute path (``conv``; ``bb/c1`` inside the functional backbone):
+    activations and Grad-CAM equal GradientTape on the model's layers called by hand; what needs
+    to change a layer's output is refused, saying what works."""
+    keras.utils.set_random_seed(0)
+    model = Subclassed()
+    x = np.random.default_rng(0).random((1, 12, 12, 3), dtype=np.float32)
+    model(x)
+    fp = backend_class("keras").state_fingerprint(model)
+    with tf.GradientTape(persistent=True) as tape:
+        inner = model.backbone(tf.constant(x))
+        tape.watch(inner)
+        a = model.conv(inner)
+        tape.watch(a)
+        out = model.fc(model.pool(a))
+        scores = [out[:, t] for t in range(5)]
+    for layer, act in (("conv", a), ("bb/c1", inner)):
+        target, reference = next(
+            (t, r) for t in range(5) if (r := _gradcam(act.numpy(), tape.gradient(scores[t], act).numpy())).max() > 0)
+        e = polyviz.explain(model, x, "gradcam", target=target, layer=layer, progress=False)
+        _close(e.layer_attribution, reference)
+        _close(polyviz.activations(model, x, layer)[layer], act.numpy())
+    assert polyviz.explain(model, x, "scorecam", target=1, layer="conv", progress=False).attribution.shape == (1, 12, 12)
+    assert polyviz.explain(model, x, "gradcam", target=1, progress=False).layer == "conv"  # the default
+    for method in ("ablationcam", "guided_backprop", "layer_integrated_gradients"):
+        with pytest.raises(CapabilityError, match="subclassed.*What works: every method that names no layer"):
+            polyviz.explain(model, x, method, target=1, layer="conv", progress=False)
     after = backend_class("keras").state_fingerprint(model)
     assert all(np.array_equal(fp[k], after[k]) if isinstance(fp[k], np.ndarray) else fp[k] == after[k] for k in fp)
 

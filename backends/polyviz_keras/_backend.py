@@ -31,9 +31,8 @@ SUPPORTED = "polyviz drives functional and Sequential Keras 3 models on the Tens
 
 #: What needs a functional graph; refused on subclassed models (see ``KerasBackend.require``).
 GRAPH_CAPABILITIES = frozenset({
-    Capability.LAYER_ACTIVATIONS, Capability.LAYER_GRADIENTS, Capability.LAYER_MASKED_SCORES,
-    Capability.LAYER_REPLACE, Capability.RELU_RULES, Capability.LRP, Capability.DEEPLIFT,
-    Capability.LAYER_WEIGHTS, Capability.REWEIGHT,
+    Capability.LAYER_MASKED_SCORES, Capability.LAYER_REPLACE, Capability.RELU_RULES, Capability.LRP,
+    Capability.DEEPLIFT, Capability.LAYER_WEIGHTS, Capability.REWEIGHT,
 })
 
 
@@ -110,11 +109,13 @@ class KerasBackend(Backend):
         needs its layers, saying exactly what works."""
         if getattr(self, "subclassed", False) and capability in GRAPH_CAPABILITIES:
             raise CapabilityError(
-                f"model: a subclassed {type(self.model).__qualname__} has no functional graph, so polyviz cannot "
-                f"reach its layers, and {capability!r} needs them (CAMs, layer methods, ReLU rules, LRP, "
-                "DeepLIFT). Methods that name no layer work: saliency, input x gradient, integrated gradients, "
-                "SmoothGrad, gradient SHAP, occlusion, RISE, feature ablation, LIME, KernelSHAP. For the others "
-                "explain a functional model: keras.Model(inputs, outputs) built with the same layers"
+                f"model: a subclassed {type(self.model).__qualname__} has no functional graph, so polyviz can read "
+                f"its layers' outputs and gradients but not change them, and {capability!r} needs that (Ablation-"
+                "CAM, layer integrated gradients and conductance, ReLU rules, LRP, DeepLIFT). What works: every "
+                "method that names no layer (saliency, integrated gradients, SmoothGrad, occlusion, RISE, LIME, "
+                "KernelSHAP, ...) and, at a layer named by attribute path (polyviz.summary(model)), Grad-CAM and "
+                "its variants, Score-CAM, Eigen-CAM and layer activations. For the others explain a functional "
+                "model: keras.Model(inputs, outputs) built with the same layers"
             )
         super().require(capability)
 
@@ -335,8 +336,46 @@ class KerasBackend(Backend):
             return out
         return out[np.arange(m), objective.targets(m)]
 
+    def _subclassed_layers(self) -> list[LayerInfo]:
+        """The attribute-reachable layers of a subclassed model (:func:`polyviz_keras._graph.attribute_layers`),
+        their output shapes read at the current input size from one trace of the model's call (the
+        model is not run). No tensor numbers: the default layer uses the fallback rule."""
+        import keras
+        import tensorflow as tf
+
+        from polyviz_keras._graph import attribute_layers, call_operation, scoped_output
+
+        layers = attribute_layers(self.model)
+        shapes: dict[str, tuple[Any, ...]] = {}
+        size = tuple(self.last_input_shape[1:]) if self.last_input_shape is not None else None
+        if size is not None:
+            model = self.model
+
+            def trace(x: Any) -> Any:
+                call_operation(model, (tf.cast(x, model.compute_dtype),), {})
+                for name, _ in layers:
+                    try:
+                        shapes[name] = tuple(None if d is None else int(d) for d in scoped_output(name).shape[1:])
+                    except LayerError:
+                        pass
+                return tf.zeros(())
+
+            tf.function(trace, autograph=False).get_concrete_function(tf.TensorSpec((1, *size), tf.float32))
+        infos = []
+        for name, layer in layers:
+            shape = shapes.get(name)
+            is_layer = isinstance(layer, keras.layers.Layer)
+            params = int(layer.count_params()) if is_layer and layer.built else 0
+            layout = "NHWC" if shape is not None and len(shape) == 3 else None
+            infos.append(LayerInfo(name, type(layer).__name__, shape, params, is_layer and bool(layer.trainable),
+                                   None, layout))
+        return mark_tokens(infos)
+
     def _layers(self) -> list[LayerInfo]:
         import keras
+
+        if self.subclassed:
+            return self._subclassed_layers()
 
         from polyviz_keras._graph import iter_layers, tensor_numbers
 
