@@ -85,6 +85,7 @@ class Capability:
     DEEPLIFT = "deeplift"  # deeplift_gradient: rescale-rule multipliers against a reference
     LAYER_REPLACE = "layer_replace"  # replaced_layer_gradients: continue the forward from given activations
     REWEIGHT = "reweight"  # with_weights: a backend over a copy of the model with some layers' weights replaced
+    OUTPUT_TARGET = "output_target"  # the ``output=`` option: structured outputs and one-score targets (polyviz.targets)
 
     ALL = frozenset(
         {
@@ -103,6 +104,7 @@ class Capability:
             DEEPLIFT,
             LAYER_REPLACE,
             REWEIGHT,
+            OUTPUT_TARGET,
         }
     )
 
@@ -628,6 +630,8 @@ class Backend(ABC):
         #: What to explain when the model's output is not one (N, K) tensor (:mod:`polyviz.targets`):
         #: the backend applies it to the raw output right after the forward pass.
         self.output_target: Any = check_output_target(options.get("output"))
+        if self.output_target is not None:
+            self.require(Capability.OUTPUT_TARGET)
         self._layer_info: dict[Any, list[LayerInfo]] = {}
         #: Shape of the last validated input batch; backends that need a probe forward to learn
         #: layer output shapes (torch) use it.

@@ -258,3 +258,18 @@ def test_cli_explain_selects_the_output_of_a_saved_multi_output_model(tmp_path, 
     np.testing.assert_array_equal(written, expected)
     assert main(argv) == 2  # no --output: refused in one line
     assert "returned a dict" in capsys.readouterr().err
+
+
+def test_a_backend_without_the_capability_refuses_an_output_target():
+    """A third-party backend that does not apply output targets must not ignore one silently."""
+    from numpy_backend import NumpyBackend, NumpyModel
+
+    from polyviz.errors import CapabilityError
+    from polyviz.models.spec import random_weights
+    from polyviz.targets import SelectOutput
+    from polyviz.testing import tiny_spec
+
+    spec = tiny_spec()
+    model = NumpyModel(spec, random_weights(spec, 0))
+    with pytest.raises(CapabilityError, match="output_target"):
+        NumpyBackend(model, output=SelectOutput("logits"))

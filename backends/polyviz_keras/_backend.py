@@ -70,6 +70,7 @@ class KerasBackend(Backend):
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
             Capability.DEEPLIFT,
+            Capability.OUTPUT_TARGET,
         }
     )
 

@@ -69,6 +69,7 @@ class TorchBackend(Backend):
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
             Capability.DEEPLIFT,
+            Capability.OUTPUT_TARGET,
         }
     )
 
