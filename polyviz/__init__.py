@@ -52,6 +52,7 @@ from polyviz.protocol import (
 )
 from polyviz.registry import available_backends, backend_for, refresh
 from polyviz.runs import run
+from polyviz.targets import DetectionTarget, SegmentationTarget, SelectOutput
 
 __version__ = "0.1.0"
 
@@ -82,6 +83,9 @@ __all__ = [
     "PolyvizWarning",
     "Preprocess",
     "Rule",
+    "SegmentationTarget",
+    "DetectionTarget",
+    "SelectOutput",
     "TargetError",
     "WeightsNotFoundError",
     "available_backends",

@@ -15,6 +15,8 @@ from polyviz.layout import from_channels_last
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import Backend, Capability
 from polyviz.registry import backend_for
+from polyviz.targets import SelectOutput
+from polyviz.targets import describe as describe_target
 from polyviz.techniques import METHODS, Context, MethodInfo, load_all
 
 __all__ = ["explain", "methods", "default_layer", "method_function", "predict", "resolve_targets", "check_seed"]
@@ -161,6 +163,7 @@ def explain(
     seed: int = 0,
     progress: bool = True,
     layout: str | None = None,
+    output: Any = None,
     **options: Any,
 ) -> Explanation:
     """Explain the model's decision on ``x`` with ``method`` (see :func:`methods`).
@@ -175,9 +178,17 @@ def explain(
     method work. ``layer``: a layer name, or None for the last layer with a spatial map. Returns
     raw, signed float32 values in an :class:`Explanation`. Every bad argument raises a
     :class:`~polyviz.errors.PolyvizError` whose one-line message names it.
+
+    Models whose output is not one (N, K) tensor (:mod:`polyviz.targets`): ``output=`` names the
+    part to explain (a dict key or attribute name, a tuple index), then ``target=`` picks its class;
+    or ``target=`` is a one-score target: :class:`~polyviz.targets.SegmentationTarget` (a region's
+    summed logit), :class:`~polyviz.targets.DetectionTarget` (a box's score) or a
+    :class:`~polyviz.protocol.NativeCallable` on the raw output. Same API in every framework.
     """
     info = _method_info(method)
-    be = backend_for(model, backend, preprocess=preprocess)
+    output_target, target = _output_target(output, target)
+    extra = {} if output_target is None else {"output": output_target}
+    be = backend_for(model, backend, preprocess=preprocess, **extra)
     for capability in info.capabilities:
         be.require(capability)
     if layout is None:
@@ -216,11 +227,31 @@ def explain(
         layer=layer,
         layer_attribution=None if result.layer_attribution is None else np.asarray(result.layer_attribution, np.float32),
         scores=scores,
-        options={**info.options, **options, **result.metadata},
+        options={**info.options, **options, **result.metadata,
+                 **({} if output_target is None else {"output": describe_target(output_target)})},
         layout=caller_layout.name,
         inputs=xs,
         kind=info.kind,
     )
+
+
+def _output_target(output: Any, target: Any) -> tuple[Any, Any]:
+    """(the backend's output target or None, the class target) from ``explain``'s arguments."""
+    from polyviz.protocol import NativeCallable
+    from polyviz.targets import DetectionTarget, SegmentationTarget, as_output_target, check_output_target
+
+    selected = as_output_target(output)
+    if isinstance(target, SegmentationTarget | DetectionTarget | NativeCallable):
+        if selected is not None and not isinstance(selected, SelectOutput):
+            raise InputError("output: give a one-score target either as target= or as output=, not both")
+        if isinstance(selected, SelectOutput) and isinstance(target, SegmentationTarget) and target.key is None:
+            target = SegmentationTarget(target.category, target.mask, selected.key)
+        return check_output_target(target), 0
+    if selected is not None and not isinstance(selected, SelectOutput):
+        if target not in (None, 0):
+            raise TargetError(f"target: a one-score output target explains score 0, got target={target!r}")
+        return selected, 0
+    return selected, target
 
 
 def method_function(name: str) -> Callable[..., Explanation]:

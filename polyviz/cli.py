@@ -436,6 +436,16 @@ def _resolve_layer(lm: Any, be: Any, layer: str | None) -> str | None:
     return layer
 
 
+def _output_key(text: str | None) -> str | int | None:
+    """--output: a dict key or attribute name, or a tuple index (digits)."""
+    if text is None:
+        return None
+    text = text.strip()
+    if not text:
+        raise InputError("--output: expected an output key or index, got an empty string")
+    return int(text) if text.isdigit() else text
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Explain image files and folders, streamed ``--batch`` images at a time (memory holds one
     batch, whatever the number of images). An unreadable image is reported on one line and left
@@ -444,6 +454,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from polyviz.compare import parse_methods
     from polyviz.loading import _background, image_files, iter_image_batches, max_image_pixels
     from polyviz.registry import backend_for
+    from polyviz.targets import SelectOutput
 
     methods = parse_methods(args.method)
     target = _target(args.target)
@@ -457,7 +468,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out = _output_folder(args.out)
     good, header_errors = _readable(files, args.strict)
     lm = _load_user_model(args)
-    be = backend_for(lm.model, preprocess=lm.preprocess)
+    output = _output_key(args.output)
+    be = backend_for(lm.model, preprocess=lm.preprocess, **({} if output is None else {"output": SelectOutput(output)}))
     layer = _resolve_layer(lm, be, args.layer)
     bad = {e.path for e in header_errors}
     stems = [stem for f, stem in zip(files, _unique_stems(files)) if f not in bad]  # aligned with good
@@ -483,7 +495,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     say(f"{f}:\n" + "\n".join(_top5_lines(row, lm.class_names)))
                 for m in methods:
                     e = explain(lm.model, xb, m, target=target, layer=layer, preprocess=lm.preprocess, layout="NHWC",
-                                progress=False)
+                                progress=False, output=output)
                     for i, k in enumerate(batch.indices):
                         e.save(out / f"{stems[k]}_{m}.png", index=i, **_render_style(args))
                         written += 1
@@ -797,6 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--method", default="gradcam", help="method name(s), comma-separated, or 'all' (default gradcam)")
     ex.add_argument("--target", default="top1", help="class index to explain, or top1 (default: the predicted class)")
     ex.add_argument("--layer", default=None, help="layer for CAM methods (default: the last spatial layer)")
+    ex.add_argument("--output", default=None,
+                    help="for a model returning a dict, tuple or dataclass: the key, index or attribute of the "
+                         "class scores to explain")
     ex.add_argument("--out", default="polyviz-out", help="output folder (default ./polyviz-out)")
     ex.add_argument("--style", default="overlay", help="picture style: overlay, heatmap, masked, gradient... (default overlay)")
     ex.add_argument("--batch", type=int, default=8,

@@ -21,23 +21,37 @@ tensor changed in place is a new one).
    ``layer4.2`` or ``layer4.2.relu``). Every candidate holds the same tensor, so this choice only
    names the layer; the map is the same.
 
+**Transformers** (token layers, ``LayerInfo.layout == "NTC"``: a ViT's (N, tokens, C) outputs,
+which the backends show as the patch grid without the class and register tokens). When the last
+spatial tensor is a token grid, the default is **the normalisation at the input of the last
+attention block**: the last layer whose type names a norm (``LayerNorm``,
+``LayerNormalization``, ...) that starts before the last layer whose type names attention
+(torchvision ``encoder.layers.encoder_layer_11.ln_1``, timm ``blocks.11.norm1``, a Keras
+ViT's last ``LayerNormalization`` before its last ``MultiHeadAttention``). This is
+pytorch-grad-cam's advice: a ViT classifies from the class token of the last block's output, and
+that token ignores the patch tokens of the same output (the final norm is per token), so their
+gradient is exactly zero there; at the last block's input the class token still attends to them.
+Without such a pair the rule refuses (pass ``layer=``). Swin (torch) holds NHWC maps, not tokens,
+so the first rule applies to it (``permute``, the model's own NHWC -> NCHW of the normed last stage).
+
 Before answering, the rule refuses two cases that would give a plausible-looking wrong map:
 
-- **Token models.** When layers after ``T`` output token sequences (tokens, dim) (a ViT, whose
-  last spatial tensor is the patch embedding), ``T`` is not the model's last representation.
-- **Channels-last tensors.** A torch tensor laid out (N, H, W, C) is reported as if it were
-  (N, C, H, W): its "map" has the channel count as a spatial side and a spatial side as channels.
-  When ``T``'s aspect ratio differs from the first map's by more than :data:`ASPECT_TOLERANCE` and
-  its channel count is no larger than a side, the layout is refused rather than guessed.
+- **Token models a backend does not reshape.** When layers after ``T`` output token sequences
+  (tokens, dim) that are not grids (no layout), ``T`` is not the model's last representation.
+- **Channels-last tensors of unknown layout.** Backends report each map's layout (detected, see
+  ``polyviz_torch._probe``); for a backend that does not (``layout`` None), a torch-style tensor
+  laid out (N, H, W, C) would be reported as if it were (N, C, H, W). When ``T``'s aspect ratio
+  differs from the first map's by more than :data:`ASPECT_TOLERANCE` and its channel count is no
+  larger than a side, the layout is refused rather than guessed.
 
-Both say to pass ``layer=`` explicitly; reshaping token and channels-last layers is issue 14's
-item 2. Backends that do not number tensors (``tensor`` is None) get the earlier rule: the last
-spatial layer that is not a container, preferring maps larger than 1 x 1.
+Both say to pass ``layer=`` explicitly. Backends that do not number tensors (``tensor`` is None) get
+the earlier rule: the last spatial layer that is not a container, preferring maps larger than 1 x 1.
 
 Outcomes (random weights): torchvision ResNet ``layer4``, Inception v3 ``Mixed_7c``, ConvNeXt
 ``features.7``, EfficientNet ``features.8``, MobileNet v2 ``features.18``, MobileNet v3 small
 ``features.12``, RegNet ``trunk_output`` (its stem is a separate module), Swin ``permute`` (the
-model's own NHWC -> NCHW permute of the final normed stage), DenseNet ``features.norm5``: DenseNet
+model's own NHWC -> NCHW permute of the final normed stage), ViT ``encoder.layers.encoder_layer_11.ln_1``,
+DenseNet ``features.norm5``: DenseNet
 applies its last ReLU functionally (``F.relu`` in ``forward``), which no hook can name, so the map
 is taken at the tensor that ReLU reads, the layer pytorch-grad-cam documents for DenseNet
 (``model.features[-1]``). Keras applications: ResNet50 ``conv5_block3_out``, DenseNet121 ``relu``,
@@ -49,6 +63,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from polyviz.errors import LayerError
+from polyviz.layout import TOKENS
 from polyviz.protocol import LayerInfo
 
 __all__ = ["pick_default_layer", "CONTAINER_TYPES", "ASPECT_TOLERANCE"]
@@ -81,9 +96,25 @@ def pick_default_layer(infos: Sequence[LayerInfo]) -> str:
     first_map = min(i for i, info in enumerate(infos) if _spatial(info))
     blocks = [info for i, info in candidates if i > first_map] or [info for _, info in candidates]
     chosen = blocks[0]
+    if chosen.layout == TOKENS:
+        return _transformer_layer(infos)
     _check_tokens(infos, chosen, last)
     _check_layout(numbered, chosen)
     return chosen.name
+
+
+def _transformer_layer(infos: Sequence[LayerInfo]) -> str:
+    """The norm at the input of the last attention block (see the module docstring)."""
+    attention = [i for i, info in enumerate(infos) if "attention" in info.type.lower()]
+    if attention:
+        norms = [info for info in infos[: attention[-1]] if "norm" in info.type.lower() and info.layout == TOKENS]
+        if norms:
+            return norms[-1].name
+    raise LayerError(
+        "layer: this model's last map is a token grid, but no normalisation layer before an attention "
+        "layer was found to take the CAM at (the last block's output gives the class token no patch "
+        "gradient); pass layer= explicitly"
+    )
 
 
 def _fallback(infos: Sequence[LayerInfo]) -> str:
@@ -98,7 +129,8 @@ def _fallback(infos: Sequence[LayerInfo]) -> str:
 def _check_tokens(infos: Sequence[LayerInfo], chosen: LayerInfo, last: int) -> None:
     for info in infos:
         shape = info.output_shape
-        if info.tensor is not None and info.tensor > last and shape is not None and len(shape) == 2 and (shape[0] or 0) > 1:
+        if (info.tensor is not None and info.tensor > last and shape is not None and len(shape) == 2
+                and (shape[0] or 0) > 1 and info.layout is None):
             raise LayerError(
                 f"layer: the model's last spatial map is {chosen.name!r} {tuple(chosen.output_shape)}, "  # type: ignore[arg-type]
                 f"but later layers work on token sequences ({info.name!r} outputs {tuple(shape)}): it is a "
@@ -108,6 +140,8 @@ def _check_tokens(infos: Sequence[LayerInfo], chosen: LayerInfo, last: int) -> N
 
 
 def _check_layout(maps: Sequence[LayerInfo], chosen: LayerInfo) -> None:
+    if chosen.layout is not None:
+        return  # declared or detected by the backend
     first = min(maps, key=lambda info: info.tensor)  # type: ignore[arg-type,return-value]
     h0, w0 = first.output_shape[:2]  # type: ignore[index]
     h, w, c = chosen.output_shape  # type: ignore[misc]

@@ -85,6 +85,7 @@ class Capability:
     DEEPLIFT = "deeplift"  # deeplift_gradient: rescale-rule multipliers against a reference
     LAYER_REPLACE = "layer_replace"  # replaced_layer_gradients: continue the forward from given activations
     REWEIGHT = "reweight"  # with_weights: a backend over a copy of the model with some layers' weights replaced
+    OUTPUT_TARGET = "output_target"  # the ``output=`` option: structured outputs and one-score targets (polyviz.targets)
 
     ALL = frozenset(
         {
@@ -103,6 +104,7 @@ class Capability:
             DEEPLIFT,
             LAYER_REPLACE,
             REWEIGHT,
+            OUTPUT_TARGET,
         }
     )
 
@@ -467,6 +469,13 @@ class LayerInfo:
     and its output layer), and a tensor changed in place counts as a new one. None when unknown
     (the backend cannot tell, or the layer runs more than once). :func:`polyviz.default_layer`
     reads it.
+
+    ``layout`` says how the framework holds the output, declared or detected by the backend, never
+    guessed (:mod:`polyviz.layout`): a permutation of "NCHW" for a 4-D map ("NCHW" for a torch conv,
+    "NHWC" for Keras and for torch ConvNeXt/Swin blocks that work channels-last), ``"NTC"`` for a
+    token sequence (N, tokens, C) that the backend shows as its patch grid, dropping the first
+    ``prefix`` tokens (class, registers), or None (not a map, or unknown). ``output_shape`` is
+    always the channels-last view that layer methods receive: (h, w, C) for maps and token grids.
     """
 
     name: str
@@ -475,6 +484,8 @@ class LayerInfo:
     params: int
     trainable: bool
     tensor: int | None = None
+    layout: str | None = None
+    prefix: int = 0
 
     @property
     def spatial(self) -> bool:
@@ -616,6 +627,13 @@ class Backend(ABC):
             self._model_ref = lambda: model
         self.preprocess = preprocess
         self.options = options
+        from polyviz.targets import check_output_target
+
+        #: What to explain when the model's output is not one (N, K) tensor (:mod:`polyviz.targets`):
+        #: the backend applies it to the raw output right after the forward pass.
+        self.output_target: Any = check_output_target(options.get("output"))
+        if self.output_target is not None:
+            self.require(Capability.OUTPUT_TARGET)
         self._layer_info: dict[Any, list[LayerInfo]] = {}
         #: Shape of the last validated input batch; backends that need a probe forward to learn
         #: layer output shapes (torch) use it.

@@ -81,6 +81,7 @@ def test_rule_without_tensor_numbers_is_the_last_spatial_leaf():
 
 
 def test_rule_refuses_a_patch_embedding_and_a_channels_last_map():
+    # token layers a backend does not show as grids (no layout): the patch embedding is refused
     vit = [_info("conv_proj", (4, 4, 32), 0), _info("encoder", (17, 32), 1, "Encoder"), _info("head", (10,), 2)]
     with pytest.raises(LayerError, match="patch embedding.*pass layer="):
         pick_default_layer(vit)
@@ -88,6 +89,31 @@ def test_rule_refuses_a_patch_embedding_and_a_channels_last_map():
     nhwc = [_info("stem", (16, 16, 8), 0), _info("norm", (4, 64, 4), 1, "LayerNorm"), _info("head", (10,), 2)]
     with pytest.raises(LayerError, match="channels-last"):
         pick_default_layer(nhwc)
+
+
+def _token(name, tensor, kind):
+    return LayerInfo(name, kind, (4, 4, 32), 0, False, tensor, layout="NTC", prefix=1)
+
+
+def test_rule_on_token_grids_is_the_norm_before_the_last_attention():
+    vit = [
+        _info("conv_proj", (4, 4, 32), 0),
+        _token("encoder", 7, "Encoder"),
+        _token("block0", 3, "EncoderBlock"),
+        _token("block0.ln_1", 1, "LayerNorm"),
+        LayerInfo("block0.attn", "MultiheadAttention", None, 0, False, None),
+        _token("block0.ln_2", 2, "LayerNorm"),
+        _token("block1", 6, "EncoderBlock"),
+        _token("block1.ln_1", 4, "LayerNorm"),
+        LayerInfo("block1.attn", "MultiheadAttention", None, 0, False, None),
+        _token("block1.ln_2", 5, "LayerNorm"),
+        _token("encoder.ln", 7, "LayerNorm"),
+        _info("head", (10,), 8, "Linear"),
+    ]
+    assert pick_default_layer(vit) == "block1.ln_1"
+    no_attention = [info for info in vit if "attn" not in info.name]
+    with pytest.raises(LayerError, match="token grid.*pass layer="):
+        pick_default_layer(no_attention)
 
 
 # ---- torchvision ----------------------------------------------------------------------------------
@@ -146,19 +172,42 @@ def test_torchvision_default_layer(name, size, expected):
     gc.collect()
 
 
-def test_torchvision_vit_is_refused_not_mapped_at_its_patch_embedding():
+def test_torchvision_vit_default_is_the_norm_at_the_last_block_input():
+    """ViT-B/16 (64 px, a 4 x 4 patch grid): the default is ``ln_1`` of the last encoder block
+    (pytorch-grad-cam's advice), and Grad-CAM there equals Grad-CAM computed here on the token
+    tensor with the class token dropped and the 16 patch tokens reshaped row-major to 4 x 4."""
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     model = torchvision.models.vit_b_16(weights=None, image_size=64).eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # zero at init: every gradient would be 0
     x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
-    with pytest.raises(LayerError, match="'conv_proj'.*patch embedding.*pass layer="):
-        polyviz.explain(model, x, "gradcam", target=TARGET, progress=False)
+    expected = "encoder.layers.encoder_layer_11.ln_1"
+    store = {}
+
+    def hook(module, inputs, output):
+        store["a"] = output.detach().clone()
+        output.register_hook(lambda g: store.__setitem__("g", g.detach().clone()))
+
+    handle = model.get_submodule(expected).register_forward_hook(hook)
+    try:
+        model(torch.as_tensor(x))[0, TARGET].backward()
+    finally:
+        handle.remove()
+        model.zero_grad(set_to_none=True)
+    grid = lambda t: t[:, 1:].reshape(1, 4, 4, -1).numpy()  # noqa: E731
+    reference = _gradcam(grid(store["a"]), grid(store["g"]))
+    explanation = polyviz.explain(model, x, "gradcam", target=TARGET, progress=False)
+    assert explanation.layer == expected
+    _check_map(explanation, 64, reference)
     del model
     gc.collect()
 
 
-def test_torch_channels_last_final_map_is_refused():
+def test_torch_channels_last_final_map_is_detected_not_read_as_nchw():
+    """Issue 14's regression: an (N, H, W, C) tensor was read as (N, C, H, W) and Grad-CAM gave a
+    (1, 4, 64) "map". The layout is now detected, and the map is the one computed here on the
+    NHWC tensor itself."""
     torch = pytest.importorskip("torch")
     from torch import nn
 
@@ -174,9 +223,22 @@ def test_torch_channels_last_final_map_is_refused():
             return self.fc(x.mean(dim=(1, 2)))
 
     torch.manual_seed(0)
+    model = ChannelsLastHead().eval()
     x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
-    with pytest.raises(LayerError, match="'norm'.*channels-last"):
-        polyviz.explain(ChannelsLastHead().eval(), x, "gradcam", target=1, progress=False)
+    store = {}
+
+    def hook(module, inputs, output):
+        store["a"] = output.detach().clone()
+        output.register_hook(lambda g: store.__setitem__("g", g.detach().clone()))
+
+    handle = model.norm.register_forward_hook(hook)
+    model(torch.as_tensor(x))[0, 1].backward()
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    reference = _gradcam(store["a"].numpy(), store["g"].numpy())  # already (N, H, W, C)
+    explanation = polyviz.explain(model, x, "gradcam", target=1, progress=False)
+    assert explanation.layer == "norm"
+    _check_map(explanation, 16, reference)
 
 
 # ---- keras.applications ----------------------------------------------------------------------------

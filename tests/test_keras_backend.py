@@ -129,7 +129,11 @@ def test_detection_and_version(cnn):
     assert backend.input_shape == (8, 8, 3)
 
 
-def test_subclassed_model_is_refused():
+def test_subclassed_model_gets_what_needs_no_layer():
+    """Issue 14 item 3 (was: refused): forward and input gradients work, layer methods are refused
+    naming what works (tests/test_keras_structures.py has the full check)."""
+    from polyviz.errors import CapabilityError
+
     class Net(keras.Model):
         def __init__(self):
             super().__init__()
@@ -139,10 +143,13 @@ def test_subclassed_model_is_refused():
             return self.dense(keras.ops.mean(x, axis=(1, 2)))
 
     net = Net()
-    net(np.zeros((1, 4, 4, 3), np.float32))
+    x = np.random.default_rng(0).random((1, 4, 4, 3)).astype(np.float32)
+    net(x)
     assert KerasBackend.claims(net)
-    with pytest.raises(ModelError, match="functional and Sequential"):
-        KerasBackend(net)
+    backend = KerasBackend(net)
+    np.testing.assert_allclose(backend.forward(x), net(x).numpy(), rtol=1e-6)
+    with pytest.raises(CapabilityError, match="subclassed.*What works"):
+        backend.layer_weights("dense")
 
 
 # ---- forward, logits, gradients -------------------------------------------------------------------

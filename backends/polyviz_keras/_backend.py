@@ -7,7 +7,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from polyviz.errors import InputError, LayerError, ModelError
+from polyviz.errors import CapabilityError, InputError, LayerError, ModelError
+from polyviz.layout import TOKENS, mark_tokens, to_grid
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     OUTPUT,
@@ -27,6 +28,12 @@ from polyviz.protocol import (
 MASK_BATCH = 32
 
 SUPPORTED = "polyviz drives functional and Sequential Keras 3 models on the TensorFlow backend"
+
+#: What needs a functional graph; refused on subclassed models (see ``KerasBackend.require``).
+GRAPH_CAPABILITIES = frozenset({
+    Capability.LAYER_MASKED_SCORES, Capability.LAYER_REPLACE, Capability.RELU_RULES, Capability.LRP,
+    Capability.DEEPLIFT, Capability.LAYER_WEIGHTS, Capability.REWEIGHT,
+})
 
 
 class KerasBackend(Backend):
@@ -63,11 +70,17 @@ class KerasBackend(Backend):
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
             Capability.DEEPLIFT,
+            Capability.OUTPUT_TARGET,
         }
     )
 
-    def __init__(self, model: Any, *, preprocess: Preprocess | None = None, logits: bool = True) -> None:
-        super().__init__(model, preprocess=preprocess, logits=logits)
+    def __init__(
+        self, model: Any, *, preprocess: Preprocess | None = None, logits: bool = True, output: Any = None
+    ) -> None:
+        options: dict[str, Any] = {"logits": logits}
+        if output is not None:  # a structured output or a one-score target: see polyviz.targets
+            options["output"] = output
+        super().__init__(model, preprocess=preprocess, **options)
         self.logits = bool(logits)
         import keras
 
@@ -78,13 +91,34 @@ class KerasBackend(Backend):
                 f"model: Keras is running on the {keras.backend.backend()!r} backend; {SUPPORTED} "
                 "(set KERAS_BACKEND=tensorflow before importing keras)"
             )
-        if not isinstance(model, keras.layers.Layer) or graph_of(model) is None:
-            raise ModelError(
-                f"model: a {type(model).__qualname__} has no symbolic graph (subclassed or unbuilt "
-                f"model); {SUPPORTED}. Wrap it in a functional model: keras.Model(inputs, outputs)."
-            )
+        if not isinstance(model, keras.layers.Layer):
+            raise ModelError(f"model: a {type(model).__qualname__} is not a Keras model; {SUPPORTED}")
+        #: A subclassed (or unbuilt Sequential) model: no graph polyviz can walk (see :meth:`require`).
+        self.subclassed = graph_of(model) is None
+        if self.subclassed:
+            if not model.built:  # building it here would create its weights: a change to the user's model
+                raise ModelError(
+                    f"model: this {type(model).__qualname__} is not built yet (no weights); call it once on "
+                    "an input (model(x)) or model.build(input_shape) before explaining it"
+                )
+            return
         if len(graph_of(model).inputs) != 1:
             raise ModelError(f"model: polyviz drives models with one image input, this one has {len(graph_of(model).inputs)}")
+
+    def require(self, capability: str) -> None:
+        """As :meth:`Backend.require`; a subclassed model (no functional graph) is refused what
+        needs its layers, saying exactly what works."""
+        if getattr(self, "subclassed", False) and capability in GRAPH_CAPABILITIES:
+            raise CapabilityError(
+                f"model: a subclassed {type(self.model).__qualname__} has no functional graph, so polyviz can read "
+                f"its layers' outputs and gradients but not change them, and {capability!r} needs that (Ablation-"
+                "CAM, layer integrated gradients and conductance, ReLU rules, LRP, DeepLIFT). What works: every "
+                "method that names no layer (saliency, integrated gradients, SmoothGrad, occlusion, RISE, LIME, "
+                "KernelSHAP, ...) and, at a layer named by attribute path (polyviz.summary(model)), Grad-CAM and "
+                "its variants, Score-CAM, Eigen-CAM and layer activations. For the others explain a functional "
+                "model: keras.Model(inputs, outputs) built with the same layers"
+            )
+        super().require(capability)
 
     # ---- identity ---------------------------------------------------------------------------
     @classmethod
@@ -108,6 +142,8 @@ class KerasBackend(Backend):
 
     @property
     def input_shape(self) -> tuple[Any, ...] | None:
+        if self.subclassed:
+            return None  # a subclassed model declares no input; its call says what it accepts
         shape = self.model.input_shape
         if isinstance(shape, list):
             shape = shape[0]
@@ -115,19 +151,43 @@ class KerasBackend(Backend):
 
     @property
     def output_shape(self) -> tuple[Any, ...]:
+        """The shape of the scores the methods see: the model's output, or the part or the one
+        score its output target makes of it (:mod:`polyviz.targets`)."""
+        from polyviz.targets import SelectOutput, select
+
+        target = self.output_target
+        if target is not None and not isinstance(target, SelectOutput):
+            return (None, 1)
+        if self.subclassed:  # no symbolic output: one forward pass of one sample, cached per size
+            return self._subclassed_output_shape()
+        if target is not None:
+            return tuple(select(self.model.output, target.key).shape)
         shape = self.model.output_shape
         if isinstance(shape, list):
             shape = shape[0]
         return tuple(shape)
 
+    def _subclassed_output_shape(self) -> tuple[Any, ...]:
+        size = tuple(self.last_input_shape[1:]) if self.last_input_shape is not None else None
+        if size is None:
+            raise ModelError("model: a subclassed model's output shape is known only after an input is given")
+        cache = self.__dict__.setdefault("_output_shapes", {})
+        if size not in cache:
+            out = self._forward(np.zeros((1, *size), np.float32))
+            cache[size] = (None, *out.shape[1:])
+        return cache[size]
+
     # ---- helpers ----------------------------------------------------------------------------
     def _key(self, *parts: Any) -> tuple:
-        return (*parts, self.preprocess, self.logits)
+        return (*parts, self.preprocess, self.logits, self.output_target)
 
     def _call(self, fn: Any, *args: Any) -> Any:
         """Call a compiled function; TensorFlow runtime errors become InputError naming x."""
         import tensorflow as tf
 
+        from polyviz_keras._graph import OUTPUT_TARGET
+
+        token = OUTPUT_TARGET.set(self.output_target)
         try:
             return fn(*args)
         except InputError as exc:
@@ -137,6 +197,8 @@ class KerasBackend(Backend):
             raise InputError(str(exc)) from original
         except tf.errors.InvalidArgumentError as exc:
             raise InputError(f"x: the model rejected the input: {exc.message}") from exc
+        finally:
+            OUTPUT_TARGET.reset(token)
 
     def _forward_fn(self, x_shape: tuple, record: tuple[str, ...] = ()) -> Any:
         from polyviz_keras._functions import cached, make_forward
@@ -164,6 +226,8 @@ class KerasBackend(Backend):
 
         n = len(x)
         check_output_objective(objective, self._out_shape(n))
+        if objective.layers:
+            self._native_layout_only(objective.layers[0], "a layer objective")
         layer_shape = self.layer_info(objective.layers[0]).output_shape if objective.layers else None
         data = objective_data(objective, n, tuple(self.output_shape[1:]), layer_shape)
         signature = tuple(sorted((k, v.shape[1:], str(v.dtype)) for k, v in data.items()))
@@ -206,14 +270,16 @@ class KerasBackend(Backend):
         values, acts, grads = self._gradient(x, objective, rule, names)
         return LayerGradients(
             values.numpy().astype(np.float32),
-            {name: a.numpy() for name, a in zip(names, acts)},
-            {name: g.numpy() for name, g in zip(names, grads)},
+            {name: self._grid(name, a.numpy()) for name, a in zip(names, acts)},
+            {name: self._grid(name, g.numpy()) for name, g in zip(names, grads)},
         )
 
     def _replaced_layer_gradients(
         self, x: np.ndarray, layer: str, activation: np.ndarray, objective: Objective
     ) -> LayerGradients:
         from polyviz_keras._functions import cached, make_replaced
+
+        self._native_layout_only(layer, "replacing its activation (layer integrated gradients, conductance)")
 
         data, static, signature = self._objective_parts(x, objective)
         key = self._key("replaced", tuple(x.shape[1:]), layer, tuple(activation.shape[1:]), static, signature)
@@ -228,7 +294,7 @@ class KerasBackend(Backend):
     def _layer_activations(self, x: np.ndarray, layers: list[str], include_output: bool) -> dict[str, np.ndarray]:
         names = tuple(dict.fromkeys(layers))
         out, acts = self._call(self._forward_fn(x.shape, names), x)
-        result = {name: a.numpy().astype(np.float32, copy=False) for name, a in zip(names, acts)}
+        result = {name: self._grid(name, a.numpy().astype(np.float32, copy=False)) for name, a in zip(names, acts)}
         if include_output:
             result[OUTPUT] = out.numpy().astype(np.float32, copy=False)
         return result
@@ -271,8 +337,46 @@ class KerasBackend(Backend):
             return out
         return out[np.arange(m), objective.targets(m)]
 
+    def _subclassed_layers(self) -> list[LayerInfo]:
+        """The attribute-reachable layers of a subclassed model (:func:`polyviz_keras._graph.attribute_layers`),
+        their output shapes read at the current input size from one trace of the model's call (the
+        model is not run). No tensor numbers: the default layer uses the fallback rule."""
+        import keras
+        import tensorflow as tf
+
+        from polyviz_keras._graph import attribute_layers, call_operation, scoped_output
+
+        layers = attribute_layers(self.model)
+        shapes: dict[str, tuple[Any, ...]] = {}
+        size = tuple(self.last_input_shape[1:]) if self.last_input_shape is not None else None
+        if size is not None:
+            model = self.model
+
+            def trace(x: Any) -> Any:
+                call_operation(model, (tf.cast(x, model.compute_dtype),), {})
+                for name, _ in layers:
+                    try:
+                        shapes[name] = tuple(None if d is None else int(d) for d in scoped_output(name).shape[1:])
+                    except LayerError:
+                        pass
+                return tf.zeros(())
+
+            tf.function(trace, autograph=False).get_concrete_function(tf.TensorSpec((1, *size), tf.float32))
+        infos = []
+        for name, layer in layers:
+            shape = shapes.get(name)
+            is_layer = isinstance(layer, keras.layers.Layer)
+            params = int(layer.count_params()) if is_layer and layer.built else 0
+            layout = "NHWC" if shape is not None and len(shape) == 3 else None
+            infos.append(LayerInfo(name, type(layer).__name__, shape, params, is_layer and bool(layer.trainable),
+                                   None, layout))
+        return mark_tokens(infos)
+
     def _layers(self) -> list[LayerInfo]:
         import keras
+
+        if self.subclassed:
+            return self._subclassed_layers()
 
         from polyviz_keras._graph import iter_layers, tensor_numbers
 
@@ -287,15 +391,38 @@ class KerasBackend(Backend):
             # a raw op in the graph (``x + y``, keras.ops.*) is an Operation, not a Layer: no weights
             is_layer = isinstance(layer, keras.layers.Layer)
             params = int(layer.count_params()) if is_layer and layer.built else 0
+            layout = None
+            if shape is not None and len(shape) == 3:  # Keras declares its maps' layout: data_format
+                layout = "NCHW" if getattr(layer, "data_format", None) == "channels_first" else "NHWC"
+                if layout == "NCHW":
+                    shape = (shape[1], shape[2], shape[0])
             infos.append(LayerInfo(name, type(layer).__name__, shape, params, is_layer and bool(layer.trainable),
-                                   numbers.get(name)))
-        return infos
+                                   numbers.get(name), layout))
+        return mark_tokens(infos)
+
+    def _native_layout_only(self, name: str, what: str) -> None:
+        """Refuse ``what`` on a token-grid or channels-first layer (not implemented on Keras)."""
+        info = self.layer_info(name)
+        if info.layout not in (None, "NHWC"):
+            kind = "a token sequence shown as a grid" if info.layout == TOKENS else "channels-first"
+            raise LayerError(
+                f"layer: {name!r} is {kind}; {what} is not supported there on Keras yet. CAMs, layer "
+                "activations and layer gradients are; or choose a channels-last map layer"
+            )
+
+    def _grid(self, name: str, a: np.ndarray) -> np.ndarray:
+        """A layer output as layer methods see it (see :func:`polyviz.layout.to_grid`): token
+        sequences as their patch grid, channels-first maps channels-last."""
+        info = self.layer_info(name)
+        if info.layout is None or info.layout == "NHWC":
+            return a
+        return np.ascontiguousarray(to_grid(a, info.layout, info.prefix, tuple(info.output_shape), np.transpose))
 
     def _with_weights(self, weights: dict[str, dict[str, np.ndarray]]) -> Backend:
         from polyviz_keras._reweight import reweighted_copy
 
         clone = reweighted_copy(self.model, weights)
-        backend = type(self)(clone, preprocess=self.preprocess, logits=self.logits)
+        backend = type(self)(clone, preprocess=self.preprocess, logits=self.logits, output=self.output_target)
         backend._owned_model = clone  # the backend holds its model weakly: keep the copy alive with it
         backend.last_input_shape = self.last_input_shape
         return backend

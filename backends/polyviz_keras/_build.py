@@ -162,6 +162,8 @@ def state_fingerprint(model: Any) -> dict[str, Any]:
         fp[f"var:{var.path}"] = np.array(var.numpy())
         fp[f"var:{var.path}:trainable"] = bool(var.trainable)
     for name, layer in iter_layers(model):
+        if not isinstance(layer, keras.layers.Layer):  # a raw op (x + y, keras.ops.*): no state
+            continue
         fp[f"layer:{name}:trainable"] = bool(layer.trainable)
         fp[f"layer:{name}:dtype_policy"] = str(layer.dtype_policy.name)
         if hasattr(layer, "activation"):

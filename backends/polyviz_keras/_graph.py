@@ -12,6 +12,7 @@ or editing the model: no attribute of a user's layer is ever assigned, not even 
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from polyviz.errors import CapabilityError, LayerError
+from polyviz.errors import CapabilityError, InputError, LayerError
 from polyviz_keras._internals import producer_of, run_through_graph
 
 SEP = "/"
@@ -123,6 +124,52 @@ def iter_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
         if is_nested(op):
             out.extend(iter_layers(op, name + SEP))
     return out
+
+
+def attribute_layers(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(name, layer) for the layers Keras tracks as attributes of a subclassed model
+    (``model.layers``), a sub-model's own layers as ``outer/inner`` (a functional sub-model's in
+    graph order), in the order Keras lists them (creation order, not necessarily call order)."""
+    out: list[tuple[str, Any]] = []
+    for layer in getattr(model, "layers", None) or []:
+        name = prefix + layer.name
+        out.append((name, layer))
+        if graph_of(layer) is not None:
+            out.extend(iter_layers(layer, name + SEP))
+        elif isinstance(layer, keras.Model):
+            out.extend(attribute_layers(layer, name + SEP))
+    return out
+
+
+def scoped_output(name: str) -> tf.Tensor:
+    """Inside a ``tf.function`` that has just called a subclassed model: the output of its layer
+    ``name`` (``outer/inner`` path), found by the name scopes Keras opens for each layer call on
+    TensorFlow (``<model>_1/<outer>_1/<inner>_1/...``): the last floating-point tensor computed in
+    that scope, sub-scopes included. A layer called more than once (two scopes) or never is refused."""
+    import re
+
+    parts = name.split(SEP)
+    # anchored under the model's own scope (the first component), so that a same-named layer inside
+    # a sub-model is not taken for this one
+    pattern = re.compile(r"^[^/]+/(" + "/".join(re.escape(p) + r"(?:_\d+)?" for p in parts) + r")/")
+    scopes: set[str] = set()
+    found = None
+    for op in tf.compat.v1.get_default_graph().get_operations():
+        match = pattern.search(op.name)
+        if match is None or not op.outputs or op.type in ("ReadVariableOp", "Const", "VarHandleOp", "Shape"):
+            continue
+        if not op.outputs[0].dtype.is_floating:
+            continue
+        scopes.add(op.name[: match.end(1)])
+        found = op.outputs[0]
+    if found is None:
+        raise LayerError(f"layer: {name!r} did not run in the model's call for this input")
+    if len(scopes) > 1:
+        raise LayerError(
+            f"layer: {name!r} is called {len(scopes)} times in one forward pass (a shared layer), so its "
+            "activation is ambiguous; choose a layer that runs once"
+        )
+    return found
 
 
 def tensor_numbers(model: Any) -> dict[str, int]:
@@ -321,7 +368,46 @@ def run_model(model: Any, x: tf.Tensor, run: Run) -> tf.Tensor:
     """The model output for ``x`` (logits when ``run.logits`` and the model ends in softmax);
     requested layer outputs land in ``run.recorded``."""
     run.softmax_layer = final_softmax(model)
-    out = _run_graph(graph_of(model), x, run, "")
+    graph = graph_of(model)
+    if graph is None:  # a subclassed model: its own call, as it is; layers read by name scope
+        out = call_operation(model, (x,), {})
+        for name in run.record:
+            run.recorded[name] = scoped_output(name)
+    else:
+        out = _run_graph(graph, x, run, "")
     if run.logits and run.logits_tensor is not None:
-        return run.logits_tensor
+        out = run.logits_tensor
+    target = OUTPUT_TARGET.get()
+    if target is not None:  # a structured output or a one-score target (polyviz.targets)
+        from polyviz.targets import apply_target
+
+        out = apply_target(target, out, TF_OPS)
+    elif isinstance(out, dict | list | tuple):
+        raise InputError(
+            f"x: the model returned a {type(out).__name__}, not a tensor; say which part to explain: "
+            "explain(..., output='key' or index), or a target from polyviz.targets (SegmentationTarget, "
+            "DetectionTarget) or a NativeCallable"
+        )
     return out
+
+
+#: The output target of the backend call being traced (:mod:`polyviz.targets`), set by
+#: ``KerasBackend._call`` around each compiled call; part of every compiled function's cache key.
+OUTPUT_TARGET: contextvars.ContextVar[Any] = contextvars.ContextVar("polyviz_keras_output_target", default=None)
+
+
+def _tf_ops() -> Any:
+    from polyviz.targets import ArrayOps
+
+    return ArrayOps(
+        const=lambda a, like: tf.constant(a, dtype=like.dtype),
+        sum=lambda t, axis: tf.reduce_sum(t, axis=axis),
+        max=lambda t, axis: tf.reduce_max(t, axis=axis),
+        minimum=tf.minimum,
+        maximum=tf.maximum,
+        map_channels_last=lambda t: t,  # Keras maps are channels-last
+    )
+
+
+#: :class:`polyviz.targets.ArrayOps` for TensorFlow tensors.
+TF_OPS = _tf_ops()

@@ -69,6 +69,7 @@ class TorchBackend(Backend):
             Capability.LAYER_REPLACE,
             Capability.REWEIGHT,
             Capability.DEEPLIFT,
+            Capability.OUTPUT_TARGET,
         }
     )
 
@@ -78,6 +79,7 @@ class TorchBackend(Backend):
         *,
         preprocess: Preprocess | None = None,
         input_shape: tuple[int, int, int] | None = None,
+        output: Any = None,
     ) -> None:
         guard_triton()  # torch code paths may import torch._dynamo -> triton; see _compat
         import torch
@@ -94,7 +96,10 @@ class TorchBackend(Backend):
                 raise InputError(f"input_shape: expected (H, W, C) ints, got {input_shape!r}") from None
             if len(input_shape) != 3 or min(input_shape) < 1:
                 raise InputError(f"input_shape: expected (H, W, C) positive ints, got {input_shape!r}")
-        super().__init__(model, preprocess=preprocess, input_shape=input_shape)
+        options: dict[str, Any] = {"input_shape": input_shape}
+        if output is not None:  # a structured output or a one-score target: see polyviz.targets
+            options["output"] = output
+        super().__init__(model, preprocess=preprocess, **options)
         self._input_shape_option: tuple[int, int, int] | None = input_shape
         #: Probe results (see :mod:`polyviz_torch._probe`) per input size.
         self._probes: dict[Any, Any] = {}
@@ -173,7 +178,7 @@ class TorchBackend(Backend):
     def _runner(self) -> Any:
         from polyviz_torch._impl import Runner
 
-        return Runner(self.model, self.preprocess, self._probe())
+        return Runner(self.model, self.preprocess, self._probe(), self.output_target)
 
     def _probe(self) -> Any:
         """Execution order, output shapes and call counts of every module for the current size."""
@@ -244,7 +249,8 @@ class TorchBackend(Backend):
 
         with model_lock(self.model):  # no other call's eval flags or hooks in the copy
             clone = reweighted_copy(self.model, weights, self._probe())
-        backend = type(self)(clone, preprocess=self.preprocess, input_shape=self._input_shape_option)
+        backend = type(self)(clone, preprocess=self.preprocess, input_shape=self._input_shape_option,
+                             output=self.output_target)
         backend._owned_model = clone  # the backend holds its model weakly: keep the copy alive with it
         backend.last_input_shape = self.last_input_shape
         return backend

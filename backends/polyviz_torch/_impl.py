@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from polyviz.errors import InputError, LayerError, PolyvizError, TargetError
+from polyviz.layout import to_grid
 from polyviz.preprocess import Preprocess
 from polyviz.protocol import (
     OUTPUT,
@@ -44,6 +45,23 @@ from polyviz.protocol import (
 from polyviz_torch._threads import add_hook, model_lock
 
 __all__ = ["Runner", "first_conv_channels", "layer_weights", "guarded", "channels_last"]
+
+
+def _torch_ops() -> Any:
+    from polyviz.targets import ArrayOps
+
+    return ArrayOps(
+        const=lambda a, like: torch.as_tensor(np.asarray(a), device=like.device, dtype=like.dtype),
+        sum=lambda t, axis: t.sum(dim=axis),
+        max=lambda t, axis: t.amax(dim=axis),
+        minimum=lambda t, c: torch.clamp(t, max=c) if isinstance(c, float | int) else torch.minimum(t, c),
+        maximum=lambda t, c: torch.clamp(t, min=c) if isinstance(c, float | int) else torch.maximum(t, c),
+        map_channels_last=lambda t: t.permute(0, 2, 3, 1),  # torch maps are (N, K, H, W)
+    )
+
+
+#: :class:`polyviz.targets.ArrayOps` for torch tensors.
+TORCH_OPS = _torch_ops()
 
 
 class _StopForward(Exception):
@@ -69,6 +87,10 @@ def device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
 def channels_last(t: torch.Tensor) -> torch.Tensor:
     """NCHW -> NHWC for 4-D tensors; anything else unchanged."""
     return t.permute(0, 2, 3, 1) if t.ndim == 4 else t
+
+
+def _permute(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    return t.permute(*order)
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -107,8 +129,10 @@ def _per_sample_mean(t: torch.Tensor) -> torch.Tensor:
 class Runner:
     """One backend call's worth of torch work on ``model`` (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, preprocess: Preprocess | None, probe: Any) -> None:
+    def __init__(self, model: nn.Module, preprocess: Preprocess | None, probe: Any, output_target: Any = None) -> None:
         self.model = model
+        #: applied to the raw output after the forward pass (see :mod:`polyviz.targets`)
+        self.output_target = output_target
         self.preprocess = preprocess
         self.probe = probe
         self.device, self.dtype = device_dtype(model)
@@ -144,10 +168,15 @@ class Runner:
                 f"x: the model failed on input of shape {(n, h, w, c)} (channels-last; "
                 f"{tuple(x_nchw.shape)} as NCHW): {type(exc).__name__}: {exc}"
             ) from exc
+        if self.output_target is not None:
+            from polyviz.targets import apply_target
+
+            out = apply_target(self.output_target, out, TORCH_OPS)
         if not isinstance(out, torch.Tensor):
             raise InputError(
-                f"x: the model returned a {type(out).__name__}, not a tensor; wrap it so that it "
-                "returns one output tensor, or score it with a NativeCallable objective"
+                f"x: the model returned a {type(out).__name__}, not a tensor; say which part to explain: "
+                "explain(..., output='key' or index), or a target from polyviz.targets (SegmentationTarget, "
+                "DetectionTarget) or a NativeCallable"
             )
         return out
 
@@ -178,9 +207,25 @@ class Runner:
             return _per_sample_sum(cl * self.tensor(objective.weights, cl.dtype))
         raise InputError(f"objective: {type(objective).__name__} is not an output objective")
 
+    def grid(self, name: str, t: torch.Tensor) -> torch.Tensor:
+        """Layer ``name``'s output (or its gradient) as the layer methods see it: a 4-D map
+        channels-last (N, h, w, C) by the layout the probe detected, a token sequence as its patch
+        grid, anything else as it is. A 4-D output whose layout is unknown is refused."""
+        info = self.probe.info(name)
+        layout = None if info is None else info.layout
+        if layout is None and t.ndim == 4:
+            raise LayerError(
+                f"layer: the layout of {name!r}'s 4-D output {tuple(t.shape)} could not be detected (NCHW or "
+                "NHWC); polyviz does not guess it. Declare it on the module's class: __polyviz_layout__ = "
+                "'NCHW' (or 'NHWC'), or choose another layer"
+            )
+        if layout is None:
+            return t
+        return to_grid(t, layout, info.prefix, tuple(info.output_shape), _permute)  # type: ignore[arg-type]
+
     def layer_objective(self, objective: Objective, act: torch.Tensor) -> torch.Tensor:
         """One score per sample from a layer activation (native layout in, channels-last indexing)."""
-        a = channels_last(act)
+        a = self.grid(objective.layers[0], act) if objective.layers else channels_last(act)
         n = int(a.shape[0])
         if isinstance(objective, ChannelMean):
             channels = torch.as_tensor(objective.channels(n), device=a.device)
@@ -321,7 +366,7 @@ class Runner:
             self._install(handles, layers, acts, stop=not include_output)
             out = self._run(self.model_input(self.tensor(x)), stop=not include_output)
             self._check_ran(layers, acts)
-            result = {name: to_numpy(channels_last(acts[name])) for name in layers}
+            result = {name: to_numpy(self.grid(name, acts[name])) for name in layers}
             if include_output and out is not None:
                 result[OUTPUT] = to_numpy(channels_last(out))
             return result
@@ -348,10 +393,10 @@ class Runner:
             else:
                 grads = (None,) * len(targets)
             gradients = {
-                name: to_numpy(channels_last(torch.zeros_like(t) if g is None else g))
+                name: to_numpy(self.grid(name, torch.zeros_like(t) if g is None else g))
                 for name, t, g in zip(layers, targets, grads)
             }
-            activations = {name: to_numpy(channels_last(acts[name])) for name in layers}
+            activations = {name: to_numpy(self.grid(name, acts[name])) for name in layers}
             return LayerGradients(to_numpy(values), activations, gradients)
 
     @staticmethod
@@ -405,11 +450,17 @@ class Runner:
         (module,) = self._modules([layer]).values()
         scale: dict[str, torch.Tensor] = {}
 
+        info = self.probe.info(layer)
+        layout = None if info is None else info.layout
+        channel_axis = -1 if layout is None or len(layout) != 4 else layout.index("C")
+
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> Any:
             k = scale["keep"]
-            if output.ndim == 4:
-                return output * k[:, :, None, None]
-            return output * k.reshape(k.shape[0], *([1] * (output.ndim - 2)), k.shape[1])
+            if output.ndim == 4 and layout is None:
+                self.grid(layer, output)  # refuses the unknown layout
+            shape = [k.shape[0]] + [1] * (output.ndim - 1)
+            shape[channel_axis] = k.shape[1]
+            return output * k.reshape(shape)
 
         with guarded(self.model) as handles, torch.no_grad():
             xt = self.tensor(x)

@@ -16,16 +16,36 @@ import torch
 from torch import nn
 
 from polyviz.errors import LayerError
+from polyviz.layout import TOKENS, from_grid_order
 from polyviz.protocol import LayerGradients, Objective
-from polyviz_torch._impl import Runner, channels_last, guarded, to_numpy
+from polyviz_torch._impl import Runner, guarded, to_numpy
 from polyviz_torch._threads import add_hook
 
 __all__ = ["replaced_layer_gradients"]
 
 
-def _native(activation: torch.Tensor) -> torch.Tensor:
-    """Channels-last (N, H, W, C) -> NCHW for 4-D activations; anything else as it is."""
-    return activation.permute(0, 3, 1, 2) if activation.ndim == 4 else activation
+def _native(activation: torch.Tensor, info: Any) -> torch.Tensor:
+    """Channels-last (N, H, W, C) -> the layer's own layout (NCHW for a conv, NHWC for a torch
+    ConvNeXt/Swin block; see :mod:`polyviz_torch._probe`); token grids are flattened back to
+    (N, h * w, C) and their prefix tokens spliced in by the hook; anything else as it is."""
+    layout = None if info is None else info.layout
+    if activation.ndim != 4:
+        return activation
+    if layout == TOKENS:
+        return activation.reshape(activation.shape[0], -1, activation.shape[-1])
+    if layout is None:
+        raise LayerError(
+            f"layer: the layout of {info.name if info else 'this layer'!r}'s 4-D output could not be detected; "
+            "declare __polyviz_layout__ on its module class"
+        )
+    return activation.permute(*from_grid_order(layout))
+
+
+def _pad(grad: torch.Tensor, prefix: int) -> torch.Tensor:
+    """A grid-token gradient with zero rows for the prefix tokens, so :meth:`Runner.grid` reads it."""
+    if not prefix:
+        return grad
+    return torch.cat([grad.new_zeros((grad.shape[0], prefix, *grad.shape[2:])), grad], dim=1)
 
 
 def replaced_layer_gradients(
@@ -36,7 +56,9 @@ def replaced_layer_gradients(
     model = runner.model
     with guarded(model) as handles:
         torch.set_grad_enabled(False)
-        leaf = _native(runner.tensor(activation)).contiguous().requires_grad_()
+        info = runner.probe.info(layer)
+        prefix = info.prefix if info is not None and info.layout == TOKENS else 0
+        leaf = _native(runner.tensor(activation), info).contiguous().requires_grad_()
         calls = {"n": 0}
 
         def hook(mod: nn.Module, inputs: tuple, output: Any) -> Any:
@@ -48,12 +70,15 @@ def replaced_layer_gradients(
             calls["n"] += 1
             if calls["n"] > 1:
                 raise LayerError(runner._twice(layer, calls["n"]))
-            if tuple(output.shape) != tuple(leaf.shape):
+            expected = (output.shape[0], output.shape[1] - prefix, *output.shape[2:])
+            if tuple(expected) != tuple(leaf.shape):
                 raise LayerError(
-                    f"layer: {layer!r} gives {tuple(channels_last(output).shape)} (channels-last) for this "
+                    f"layer: {layer!r} gives {tuple(runner.grid(layer, output).shape)} (channels-last) for this "
                     f"input, the activation has {tuple(activation.shape)}"
                 )
             torch.set_grad_enabled(True)
+            if prefix:  # the class/register tokens as the model made them, the grid tokens replaced
+                return torch.cat([output[:, :prefix].detach(), leaf], dim=1)
             # a copy downstream: an in-place op after the layer must not write into the leaf
             return leaf.clone()
 
@@ -70,5 +95,5 @@ def replaced_layer_gradients(
         return LayerGradients(
             to_numpy(values),
             {layer: np.asarray(activation, np.float32)},
-            {layer: to_numpy(channels_last(grad))},
+            {layer: to_numpy(runner.grid(layer, _pad(grad, prefix)))},
         )

@@ -62,7 +62,9 @@ def _layer(ctx: Context) -> str:
         (layer,) = be.check_layers([ctx.layer])
     info = be.layer_info(layer)
     if not info.spatial:
-        shape = "an unknown shape" if info.output_shape is None else f"output shape {tuple(info.output_shape)}"
+        shape = ("an unknown shape (no single tensor output, or a map whose layout could not be detected: "
+                 "declare __polyviz_layout__ on a torch module's class)" if info.output_shape is None
+                 else f"output shape {tuple(info.output_shape)}")
         raise LayerError(
             f"layer {layer!r} has {shape}, not a spatial map; CAM methods need a conv/pool layer"
         )

@@ -68,7 +68,8 @@ def target_layer(ctx: Context) -> tuple[str, tuple[int, ...]]:
     if shape is None or any(d is None for d in shape):
         raise LayerError(
             f"layer: the output shape of {layer!r} is unknown for this input ({shape}); choose a layer "
-            "with one tensor output"
+            "with one tensor output (a 4-D map whose layout could not be detected has no shape: declare "
+            "__polyviz_layout__ on its torch module's class)"
         )
     return layer, tuple(int(d) for d in shape)
 
