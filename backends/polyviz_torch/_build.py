@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from polyviz.errors import ModelError
+from polyviz.models.graph import GraphSpec
 from polyviz.models.spec import LayerSpec, NetworkSpec, output_shapes
 
-__all__ = ["SpecVGG", "build", "export"]
+__all__ = ["SpecVGG", "build", "export", "export_chain"]
 
 
 class SpecVGG(nn.Module):
@@ -87,9 +88,14 @@ def _set(param: nn.Parameter, value: np.ndarray, what: str) -> None:
         param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
-def build(spec: NetworkSpec, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[nn.Module, dict[str, str]]:
+def build(spec: NetworkSpec | GraphSpec, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[nn.Module, dict[str, str]]:
     """Build ``spec`` as a :class:`SpecVGG` (eval mode) with canonical ``weights`` (None: torch's
-    default init). Returns the model and {spec layer name: module path whose output equals it}."""
+    default init). Returns the model and {spec layer name: module path whose output equals it}.
+    A :class:`~polyviz.models.graph.GraphSpec` is built as a ``polyviz_torch._fx.GraphNet``."""
+    if isinstance(spec, GraphSpec):
+        from polyviz_torch._fx import build_graph
+
+        return build_graph(spec, weights)
     if not isinstance(spec, NetworkSpec):
         raise ModelError(f"spec: expected a polyviz.models.spec.NetworkSpec, got {type(spec).__name__}")
     shapes = output_shapes(spec)
@@ -228,7 +234,23 @@ def _probe_size(model: nn.Module, input_shape: tuple[int, int, int] | None) -> l
     return sizes
 
 
-def export(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> tuple[NetworkSpec, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+def export(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """A VGG-style chain as a :class:`NetworkSpec` (:func:`export_chain`, torchvision VGG's layout
+    and Keras' layer names), any other module ``torch.fx`` traces as a
+    :class:`~polyviz.models.graph.GraphSpec` (``polyviz_torch._fx.export_graph``; its names are
+    {module path: node}). A module neither reader takes gets the graph reader's refusal, which
+    names the structural reason."""
+    try:
+        return export_chain(model, input_shape)
+    except ModelError:
+        if not isinstance(model, nn.Module):
+            raise
+    from polyviz_torch._fx import export_graph
+
+    return export_graph(model, input_shape)
+
+
+def export_chain(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> tuple[NetworkSpec, dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """Read a VGG-style module as (NetworkSpec, canonical weights, {spec name: module path}).
 
     The execution order of the leaf modules comes from a probe forward. Conv2d+ReLU and
