@@ -116,6 +116,8 @@ def _channel(value: Any) -> torch.Tensor:
     return torch.from_numpy(arr.reshape(1, -1, 1, 1) if arr.ndim else arr.copy())
 
 
+_OWN = (Add, Multiply, Concat, GlobalAvgPool, ToMap, MaxPoolPadded, Rescale, Normalize)
+
 _ACTS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardswish": nn.Hardswish, "hardsigmoid": nn.Hardsigmoid,
          "silu": nn.SiLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
 
@@ -309,8 +311,12 @@ def export_graph(model: nn.Module, input_shape: tuple[int, int, int] | None = No
     size = tuple(input_shape or (224, 224, 3))
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     work = copy.deepcopy(model).cpu().eval()
+    class Tracer(fx.Tracer):  # polyviz's own graph modules are nodes, not traced into
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return isinstance(m, _OWN) or super().is_leaf_module(m, qualname)
+
     try:
-        gm = fx.symbolic_trace(work)
+        gm = fx.GraphModule(work, Tracer().trace(work))
     except Exception as exc:  # noqa: BLE001 - any tracing failure is one refusal
         raise ModelError(
             f"model: torch.fx cannot trace it ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); conversion "
@@ -435,6 +441,24 @@ class _Reader:
             if m.start_dim != 1 or m.end_dim != -1:
                 raise ModelError(f"model: module {path!r} (Flatten) flattens dims {m.start_dim}..{m.end_dim}; only 1..-1 converts")
             self.flatten(n, x)
+        elif type(m) is nn.ZeroPad2d or (type(m) is nn.ConstantPad2d and m.value == 0):
+            left, r, t, b = (m.padding,) * 4 if isinstance(m.padding, int) else m.padding
+            self.add(n, "zeropad", [x], {"padding": ((t, b), (left, r))})
+        elif type(m) in (Add, Multiply, Concat):
+            self.add(n, {Add: "add", Multiply: "multiply", Concat: "concat"}[type(m)], list(n.args))
+        elif type(m) is GlobalAvgPool:
+            self.add(n, "global_avgpool", [x], {"keepdims": m.keepdims})
+        elif type(m) is ToMap:
+            self.add(n, "reshape", [x], {"target": (1, 1, self.shape(x)[1])})
+        elif type(m) is MaxPoolPadded:
+            left, r, t, b = m.pad
+            self.add(n, "maxpool", [x], {"pool_size": m.pool, "strides": m.strides, "padding": ((t, b), (left, r))})
+        elif type(m) is Rescale:
+            value = lambda v: [float(a) for a in _np(v).ravel()] if v.ndim else float(v)  # noqa: E731
+            self.add(n, "rescale", [x], {"scale": value(m.scale), "offset": value(m.offset)})
+        elif type(m) is Normalize:
+            self.add(n, "normalize", [x], {"epsilon": m.epsilon},
+                     {"mean": _np(m.mean).ravel(), "variance": _np(m.variance).ravel()})
         elif type(m) is nn.Softmax and m.dim in (1, -1) and len(self.shape(x)) == 2:
             self.add(n, "act", [x], {"fn": "softmax"})
         else:
