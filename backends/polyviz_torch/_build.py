@@ -234,18 +234,32 @@ def _probe_size(model: nn.Module, input_shape: tuple[int, int, int] | None) -> l
     return sizes
 
 
+#: Leaf modules of the VGG-style chains :func:`export_chain` reads; a module with others is a graph.
+_CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear,
+                  nn.Dropout, nn.Identity, nn.Softmax)
+
+
 def export(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """A VGG-style chain as a :class:`NetworkSpec` (:func:`export_chain`, torchvision VGG's layout
     and Keras' layer names), any other module ``torch.fx`` traces as a
     :class:`~polyviz.models.graph.GraphSpec` (``polyviz_torch._fx.export_graph``; its names are
     {module path: node}). A module neither reader takes gets the graph reader's refusal, which
     names the structural reason."""
-    try:
-        return export_chain(model, input_shape)
-    except ModelError:
-        if not isinstance(model, nn.Module):
-            raise
-    from polyviz_torch._fx import export_graph
+    from polyviz_torch._fx import GraphNet, export_graph
+
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    if not isinstance(model, GraphNet) and all(isinstance(m, _CHAIN_MODULES) for m in leaves):
+        dtypes = {p.dtype for p in model.parameters()}
+        if dtypes - {torch.float32}:  # a float64 (or half) model: read a float32 copy, module paths unchanged
+            import copy
+
+            model = copy.deepcopy(model).float()
+        try:
+            return export_chain(model, input_shape)
+        except ModelError:
+            pass
 
     return export_graph(model, input_shape)
 
