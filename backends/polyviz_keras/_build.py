@@ -223,4 +223,7 @@ def float64_copy(model: Any) -> Any:
         keras.config.set_dtype_policy(policy)
         keras.config.set_floatx(floatx)
     copy.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    for layer in copy.layers:  # an adapted Normalization computes from its state only once finalised
+        if isinstance(layer, keras.layers.Normalization) and layer.built:
+            layer.finalize_state()
     return copy

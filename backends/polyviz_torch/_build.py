@@ -258,7 +258,7 @@ def export(model: nn.Module, input_shape: tuple[int, int, int] | None = None) ->
             model = copy.deepcopy(model).float()
         try:
             return export_chain(model, input_shape)
-        except ModelError:
+        except (ModelError, RuntimeError):  # not a chain after all (its probe or check failed): a graph
             pass
 
     return export_graph(model, input_shape)

@@ -258,8 +258,10 @@ def build_graph(spec: GraphSpec, weights: dict[str, dict[str, np.ndarray]] | Non
         inputs = tuple(alias[i] for i in node.inputs)
         final = node.name == spec.output
         module = _module(node, weights.get(node.name, {}), spec, final)
-        if module is None:  # a final softmax
+        if module is None:  # a final softmax: its name goes to the logits' module (polyviz scores logits)
             alias[node.name] = inputs[0]
+            if inputs[0] in names.values():
+                names[node.name] = inputs[0]
             continue
         p = pads(node.config.get("padding", 0)) if node.kind in ("conv2d", "avgpool") else ((0, 0), (0, 0))
         if p != ((0, 0), (0, 0)) and (node.kind == "avgpool" or p[0][0] != p[0][1] or p[1][0] != p[1][1]):
@@ -309,8 +311,12 @@ def export_graph(model: nn.Module, input_shape: tuple[int, int, int] | None = No
     from torch.fx.passes.shape_prop import ShapeProp
 
     size = tuple(input_shape or (224, 224, 3))
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     work = copy.deepcopy(model).cpu().eval()
+    with torch.no_grad():  # the reader's own copy, in float64 with the float32 weights a build holds
+        for t in [*work.parameters(), *work.buffers()]:
+            if t.is_floating_point():
+                t.data = t.data.float().double()
+
     class Tracer(fx.Tracer):  # polyviz's own graph modules are nodes, not traced into
         def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
             return isinstance(m, _OWN) or super().is_leaf_module(m, qualname)
@@ -322,12 +328,13 @@ def export_graph(model: nn.Module, input_shape: tuple[int, int, int] | None = No
             f"model: torch.fx cannot trace it ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); conversion "
             "reads graphs through torch.fx, so data-dependent control flow in forward is not supported"
         ) from exc
-    probe = torch.from_numpy(np.random.default_rng(0).normal(size=(1, size[2], size[0], size[1]))).to(dtype)
-    ShapeProp(gm).propagate(probe)
+    probe = torch.from_numpy(np.random.default_rng(0).normal(size=(1, size[2], size[0], size[1])))
+    with torch.no_grad():
+        expected = ShapeProp(gm).propagate(probe)
     reader = _Reader(gm, size)
     spec, weights = reader.read()
     names = _source_names(gm, reader.env)
-    _verify(work, spec, weights, probe)
+    _verify(spec, weights, probe, expected)
     return spec, weights, names
 
 
@@ -563,16 +570,14 @@ def _source_names(gm: Any, env: dict[str, str]) -> dict[str, str]:
     return names
 
 
-def _verify(work: nn.Module, spec: GraphSpec, weights: dict[str, dict[str, np.ndarray]], probe: torch.Tensor) -> None:
-    """The read graph, rebuilt in float64, must compute what the model computes in float64 (``work``
-    is the reader's own copy of the model, its weights rounded to the float32 the rebuild holds)."""
+def _verify(spec: GraphSpec, weights: dict[str, dict[str, np.ndarray]], probe: torch.Tensor, expected: Any) -> None:
+    """The read graph, rebuilt and run in float64, must compute what the model computed in float64
+    on the same probe (``expected``), else the reader missed something and refuses."""
     rebuilt, _ = build_graph(spec, weights)
     with torch.no_grad():
-        for t in [*work.parameters(), *work.buffers()]:
-            if t.is_floating_point():
-                t.data = t.data.float().double()
-        expected = work.double()(probe.double())
-        got = rebuilt.double()(probe.double())
+        got = rebuilt.double()(probe)
+    if not isinstance(expected, torch.Tensor):
+        raise ModelError("model: forward does not return one tensor; graphs have exactly one output")
     if spec.node(spec.output).kind == "act" and spec.node(spec.output).config["fn"] == "softmax":
         expected, got = torch.log(expected), torch.log_softmax(got, 1)
     err = float((got - expected).norm() / max(float(expected.norm()), 1e-300)) if got.shape == expected.shape else np.inf
