@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from polyviz.errors import ModelError
-from polyviz.models.graph import NONNEGATIVE, GraphSpec, Node, pads, same_pads
+from polyviz.models.graph import GraphSpec, Node, pads, same_pads
 
 __all__ = ["GraphNet", "build_graph", "export_graph"]
 
