@@ -50,7 +50,7 @@ def _np(v: Any) -> np.ndarray:
 def export_graph(model: Any) -> tuple[GraphSpec, dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """Read a functional Keras model as (GraphSpec, canonical weights, {layer name: node name})."""
     graph = graph_of(model)
-    if graph is None or isinstance(model, keras.Sequential) and False:
+    if graph is None:
         raise ModelError("model: conversion reads functional or Sequential Keras models (not subclassed ones)")
     if len(graph.inputs) != 1 or len(graph.outputs) != 1:
         raise ModelError("model: it has several inputs or outputs; graphs have exactly one of each")
