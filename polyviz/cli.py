@@ -608,7 +608,17 @@ def cmd_crosscheck(args: argparse.Namespace) -> int:
     methods = compare.parse_methods(_methods_text(args))
     key = args.model.lower()
     source = args.backend or ("keras" if args.weights and str(args.weights).lower().endswith((".h5", ".keras")) else None)
-    if key in ("vgg16", "vgg19") and args.weights is None:
+    graphs = {"resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121"}
+    if key in graphs and args.weights is None:  # seeded random weights and BatchNorm statistics
+        from polyviz.loading import LoadedModel
+        from polyviz.registry import backend_class
+
+        b = source or "torch"
+        px = int(args.size)
+        model = backend_class(b).seeded_model(key, seed=args.seed, input_shape=(px, px, 3))
+        lm = _with_preprocess(LoadedModel(model, b, key, (px, px), None, None), args)
+        what = f"{key} ({b}) with seeded random weights and BatchNorm statistics (seed {args.seed}) at {px}x{px}"
+    elif key in ("vgg16", "vgg19") and args.weights is None:
         lm = _with_preprocess(load_model(key, source or "torch", None, size=args.size, seed=args.seed), args)
         what = f"{key} with seeded random weights (seed {args.seed}) at {args.size}x{args.size}"
     else:

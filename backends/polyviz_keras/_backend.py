@@ -471,6 +471,14 @@ class KerasBackend(Backend):
         return float64_copy(model)
 
     @classmethod
+    def seeded_model(cls, name: str, seed: int = 0, input_shape: tuple[int, int, int] = (224, 224, 3)) -> Any:
+        """keras.applications' ``name`` (resnet50, mobilenet_v2, efficientnet_b0, densenet121) with
+        numpy-drawn weights and BatchNorm statistics (``polyviz_keras._seeded``)."""
+        from polyviz_keras._seeded import seeded_model
+
+        return seeded_model(name, seed, input_shape)
+
+    @classmethod
     def vgg(cls, name: str, weights: Any = None) -> Any:
         from polyviz_keras._zoo import vgg
 

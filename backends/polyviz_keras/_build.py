@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from polyviz.errors import ModelError
+from polyviz.models.graph import GraphSpec
 from polyviz.models.spec import LayerSpec, NetworkSpec, _pair, output_shapes
 from polyviz_keras._graph import graph_of, iter_layers
 from polyviz_keras._internals import call_count
@@ -26,8 +27,13 @@ def _conv(layer: LayerSpec, x: Any) -> Any:
     )(x)
 
 
-def build(spec: NetworkSpec, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:
-    """A functional Keras model for ``spec`` with canonical ``weights`` set directly."""
+def build(spec: NetworkSpec | GraphSpec, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[Any, dict[str, str]]:
+    """A functional Keras model for ``spec`` with canonical ``weights`` set directly (a
+    :class:`~polyviz.models.graph.GraphSpec` through ``polyviz_keras._kgraph.build_graph``)."""
+    if isinstance(spec, GraphSpec):
+        from polyviz_keras._kgraph import build_graph
+
+        return build_graph(spec, weights)
     inputs = keras.Input(shape=tuple(spec.input_shape), name="input")
     x = inputs
     names: dict[str, str] = {}
@@ -82,7 +88,20 @@ def _activation(layer: Any) -> str | None:
     return name
 
 
-def export(model: Any) -> tuple[NetworkSpec, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+def export(model: Any) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """A VGG-style chain as a :class:`NetworkSpec` (:func:`export_chain`), any other functional
+    model as a :class:`~polyviz.models.graph.GraphSpec` (``polyviz_keras._kgraph.export_graph``; its
+    names are {layer name: node}). A model neither reader takes gets the graph reader's refusal."""
+    try:
+        return export_chain(model)
+    except ModelError:
+        pass
+    from polyviz_keras._kgraph import export_graph
+
+    return export_graph(model)
+
+
+def export_chain(model: Any) -> tuple[NetworkSpec, dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """A sequential VGG-style Keras model as (spec, canonical weights, {spec name: keras name})."""
     graph = graph_of(model)
     if graph is None:
@@ -206,4 +225,7 @@ def float64_copy(model: Any) -> Any:
         keras.config.set_dtype_policy(policy)
         keras.config.set_floatx(floatx)
     copy.set_weights([np.asarray(w, np.float64) for w in model.get_weights()])
+    for layer in copy.layers:  # an adapted Normalization computes from its state only once finalised
+        if isinstance(layer, keras.layers.Normalization) and layer.built:
+            layer.finalize_state()
     return copy

@@ -299,6 +299,14 @@ class TorchBackend(Backend):
         return copy.deepcopy(model).double()
 
     @classmethod
+    def seeded_model(cls, name: str, seed: int = 0, input_shape: tuple[int, int, int] = (224, 224, 3)) -> Any:
+        """torchvision's ``name`` (resnet18, resnet50, mobilenet_v2, efficientnet_b0, densenet121)
+        with numpy-drawn weights and BatchNorm statistics (``polyviz_torch._seeded``)."""
+        from polyviz_torch._seeded import seeded_model
+
+        return seeded_model(name, seed)
+
+    @classmethod
     def vgg(cls, name: str, weights: Any = None) -> Any:
         from polyviz_torch._zoo import vgg
 

@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 from polyviz.errors import ModelError
+from polyviz.models.graph import GraphSpec
 from polyviz.models.spec import LayerSpec, NetworkSpec, output_shapes
 
-__all__ = ["SpecVGG", "build", "export"]
+__all__ = ["SpecVGG", "build", "export", "export_chain"]
 
 
 class SpecVGG(nn.Module):
@@ -87,9 +88,14 @@ def _set(param: nn.Parameter, value: np.ndarray, what: str) -> None:
         param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
 
 
-def build(spec: NetworkSpec, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[nn.Module, dict[str, str]]:
+def build(spec: NetworkSpec | GraphSpec, weights: dict[str, dict[str, np.ndarray]] | None = None) -> tuple[nn.Module, dict[str, str]]:
     """Build ``spec`` as a :class:`SpecVGG` (eval mode) with canonical ``weights`` (None: torch's
-    default init). Returns the model and {spec layer name: module path whose output equals it}."""
+    default init). Returns the model and {spec layer name: module path whose output equals it}.
+    A :class:`~polyviz.models.graph.GraphSpec` is built as a ``polyviz_torch._fx.GraphNet``."""
+    if isinstance(spec, GraphSpec):
+        from polyviz_torch._fx import build_graph
+
+        return build_graph(spec, weights)
     if not isinstance(spec, NetworkSpec):
         raise ModelError(f"spec: expected a polyviz.models.spec.NetworkSpec, got {type(spec).__name__}")
     shapes = output_shapes(spec)
@@ -228,7 +234,37 @@ def _probe_size(model: nn.Module, input_shape: tuple[int, int, int] | None) -> l
     return sizes
 
 
-def export(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> tuple[NetworkSpec, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+#: Leaf modules of the VGG-style chains :func:`export_chain` reads; a module with others is a graph.
+_CHAIN_MODULES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear,
+                  nn.Dropout, nn.Identity, nn.Softmax)
+
+
+def export(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> tuple[Any, dict[str, dict[str, np.ndarray]], dict[str, str]]:
+    """A VGG-style chain as a :class:`NetworkSpec` (:func:`export_chain`, torchvision VGG's layout
+    and Keras' layer names), any other module ``torch.fx`` traces as a
+    :class:`~polyviz.models.graph.GraphSpec` (``polyviz_torch._fx.export_graph``; its names are
+    {module path: node}). A module neither reader takes gets the graph reader's refusal, which
+    names the structural reason."""
+    from polyviz_torch._fx import GraphNet, export_graph
+
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    if not isinstance(model, GraphNet) and all(isinstance(m, _CHAIN_MODULES) for m in leaves):
+        dtypes = {p.dtype for p in model.parameters()}
+        if dtypes - {torch.float32}:  # a float64 (or half) model: read a float32 copy, module paths unchanged
+            import copy
+
+            model = copy.deepcopy(model).float()
+        try:
+            return export_chain(model, input_shape)
+        except (ModelError, RuntimeError):  # not a chain after all (its probe or check failed): a graph
+            pass
+
+    return export_graph(model, input_shape)
+
+
+def export_chain(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> tuple[NetworkSpec, dict[str, dict[str, np.ndarray]], dict[str, str]]:
     """Read a VGG-style module as (NetworkSpec, canonical weights, {spec name: module path}).
 
     The execution order of the leaf modules comes from a probe forward. Conv2d+ReLU and

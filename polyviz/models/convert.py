@@ -1,9 +1,14 @@
-"""Conversion of VGG-style networks between frameworks: export from one backend, build in another.
+"""Conversion of networks between frameworks: export from one backend, build in another.
 
-The source backend reads the model as a framework-neutral :class:`~polyviz.models.spec.NetworkSpec`
-with canonical weights (kernel layouts and the flatten order normalised); the target backend
-builds it. The layer map pairs layers whose outputs are equal: torchvision's VGG16 ``features.29``
-(the ReLU after the last conv) goes to Keras' ``block5_conv3`` (a conv with a fused ReLU).
+The source backend reads the model as a framework-neutral spec with canonical weights (kernel
+layouts and the flatten order normalised); the target backend builds it. VGG-style chains travel
+as a :class:`~polyviz.models.spec.NetworkSpec` (built in torchvision VGG's layout); everything else
+(residual adds, concatenations, squeeze-excitation products, BatchNorm, depthwise convolutions,
+preprocessing layers) as a :class:`~polyviz.models.graph.GraphSpec`, a DAG read through
+``torch.fx`` and Keras' functional graph. The layer map pairs layers whose outputs are equal:
+torchvision's VGG16 ``features.29`` (the ReLU after the last conv) goes to Keras' ``block5_conv3``
+(a conv with a fused ReLU); torchvision ResNet-18's block ``layer4.1`` to the Keras layer computing
+its output (``layer4_1_relu_1``).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from polyviz.errors import InputError
+from polyviz.models.graph import GraphSpec
 from polyviz.protocol import Capability
 from polyviz.registry import backend_class, detect
 
@@ -28,8 +34,12 @@ class Converted(NamedTuple):
 def convert(
     model: Any, to: str, *, backend: str | None = None, input_shape: tuple[int, int, int] | None = None
 ) -> Converted:
-    """Convert a VGG-style ``model`` (conv, ReLU, max-pool, flatten, dense, dropout) to framework
-    ``to`` ("keras" or "torch"). Returns the new model and the map of layer names.
+    """Convert ``model`` to framework ``to`` ("keras" or "torch"). Returns the new model and the
+    map of layer names. VGG-style chains keep torchvision VGG's layout in torch; graphs (ResNet,
+    MobileNetV2, EfficientNet, DenseNet, ...) become a ``GraphNet`` (torch) or a functional model
+    (Keras) with a module / layer per node. Anything the interchange cannot express is refused with
+    the structural reason (a shared layer, a constant in an add, a -inf padded max-pool over signed
+    inputs, ...).
 
     A softmax head is dropped when converting to torch (torch models output logits); polyviz's
     Keras backend scores pre-softmax logits by default, so attributions agree either way.
@@ -44,9 +54,12 @@ def convert(
     spec, weights, source_names = (source.export(model) if input_shape is None
                                    else source.export(model, input_shape=tuple(input_shape)))
     new_model, target_names = target.build(spec, weights)
-    layer_map = {
-        source_names[layer.name]: target_names[layer.name]
-        for layer in spec.layers
-        if layer.name in source_names and layer.name in target_names
-    }
+    if isinstance(spec, GraphSpec):  # source names are {source layer: node}
+        layer_map = {src: target_names[node] for src, node in source_names.items() if node in target_names}
+    else:
+        layer_map = {
+            source_names[layer.name]: target_names[layer.name]
+            for layer in spec.layers
+            if layer.name in source_names and layer.name in target_names
+        }
     return Converted(new_model, layer_map)
