@@ -36,10 +36,12 @@ def _params():
 
 @pytest.mark.parametrize("model", list(_params()))
 def test_every_method_runs_or_refuses_as_recorded(model):
-    native = zoo.build(model)
-    x = model.input()
     record = coverage.load().get(model.id, {})
     recording = os.environ.get("POLYVIZ_MATRIX_RECORD")
+    if not record and not recording:
+        pytest.skip(f"{model.id} has no recorded cells yet (record it, see the module doc)")
+    native = zoo.build(model)
+    x = model.input()
     failures, drift, values = [], [], {}
     try:
         for method in polyviz.methods():
