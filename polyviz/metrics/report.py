@@ -122,6 +122,7 @@ def metric_options(name: str, settings: Settings, size: tuple[int, int] = (64, 6
         "max_sensitivity": {"n_perturb_samples": settings.sensitivity_samples, "radius": settings.radius},
         "sanity_check": {"mode": "cascading", "similarity_kind": settings.similarity},
         "top_k_intersection": {"k": min(1000, size[0] * size[1] // 4)},
+        "faithfulness_correlation": {"subset_size": max(1, min(224, size[0] * size[1] // 4))},
         "non_sensitivity": {"patch_size": settings.patch_size},
         "smooth_mprt": {"n_samples": settings.smooth_samples, "similarity_kind": settings.similarity},
     }
@@ -185,7 +186,9 @@ def call_metric(name: str, be: Any, x: np.ndarray, labels: np.ndarray, masks: np
     kwargs: dict[str, Any] = {"layout": "NHWC", "progress": False, "seed": settings.seed,
                               "batch_size": settings.batch_size, "method": method, "attribution": explanation,
                               "method_options": options, **metric_options(name, settings, x.shape[1:3])}
-    kwargs = {k: v for k, v in kwargs.items() if k in params}
+    open_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    passed_through = ("layout", "progress", "seed", "batch_size", "method_options")  # a metric's **kwargs takes these
+    kwargs = {k: v for k, v in kwargs.items() if k in params or (open_kwargs and k in passed_through)}
     if name == "sanity_check" and "steps" not in kwargs:  # only the fully randomised model: one step
         from polyviz.metrics.sanity import weighted_layers
 
