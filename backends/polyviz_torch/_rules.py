@@ -24,6 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from polyviz.errors import CapabilityError
 from polyviz.rules.guided import backward as rule_backward
+from polyviz_torch._deeplift import _derivative
 
 __all__ = ["ReluRuleMode", "TorchGuidedOps"]
 
@@ -37,13 +38,6 @@ class TorchGuidedOps:
 
 
 OPS = TorchGuidedOps()
-
-
-def _derivative(fn: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
-    with torch.enable_grad():
-        zz = z.detach().requires_grad_()
-        (d,) = torch.autograd.grad(fn(zz), zz, torch.ones_like(zz))
-    return d
 
 
 class _Rectifier(torch.autograd.Function):
